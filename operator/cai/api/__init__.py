@@ -1,0 +1,13 @@
+"""Typed API of `cai.dev/v1alpha1`: the four kinds, shared types, manifest parsing.
+
+Imports only pydantic: the operator image and `cai validate` use it without ML libraries.
+"""
+
+from .base import API_VERSION, GROUP, VERSION, ApiModel, Rule
+from .kinds import KINDS, STAGES, KindInfo, StageInfo
+from .manifest import Resource, ManifestError, load_manifests, parse_resource
+
+__all__ = [
+    "API_VERSION", "GROUP", "VERSION", "ApiModel", "Rule", "KINDS", "STAGES", "KindInfo", "StageInfo",
+    "Resource", "ManifestError", "load_manifests", "parse_resource",
+]

@@ -1,0 +1,287 @@
+"""Reading manifests (YAML files and directories) into typed resources, with field-named errors.
+
+Errors come out as `Problem`s: file, Kind/name, field path (camelCase, as written in YAML) and what
+was expected — the format `cai validate` prints and `cai run` refuses to start on.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from pydantic import ValidationError
+
+from .base import API_VERSION, ApiModel, nested_model
+from .kinds import KINDS, KindInfo
+
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    obj: str  # "Kind/name" or "-" when not identifiable
+    path: str  # field path, e.g. spec.labeling.clamp
+    message: str  # what was expected
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.obj}: {self.path or '-'}: {self.message}"
+
+
+class ManifestError(Exception):
+    """Manifests failed validation; `problems` holds one entry per problem."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass
+class Resource:
+    """A parsed custom resource: identity, typed spec and (optionally) typed status."""
+
+    kind: str
+    name: str
+    namespace: str
+    spec: Any  # the kind's spec model
+    status: Any = None
+    uid: str = "local"
+    generation: int = 1
+    source: str = "-"  # file it came from
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def info(self) -> KindInfo:
+        return KINDS[self.kind]
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, self.namespace, self.name)
+
+    @property
+    def display(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+    def to_manifest(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "apiVersion": API_VERSION,
+            "kind": self.kind,
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "spec": self.spec.to_wire(),
+        }
+        if self.status is not None:
+            doc["status"] = self.status.to_wire()
+        return doc
+
+
+def iter_manifest_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Files named directly, plus manifest files found recursively (sorted) under directories."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*") if f.suffix in MANIFEST_SUFFIXES and f.is_file()))
+        else:
+            files.append(p)
+    return files
+
+
+def load_documents(paths: Iterable[str | Path]) -> tuple[list[tuple[str, dict[str, Any]]], list[Problem]]:
+    """All YAML documents of the given files/directories as (file, document), plus read problems.
+
+    Documents that are not cai.dev objects (a Namespace or Secret next to the runs) are skipped.
+    """
+    docs: list[tuple[str, dict[str, Any]]] = []
+    problems: list[Problem] = []
+    for f in iter_manifest_files(paths):
+        name = str(f)
+        try:
+            loaded = list(yaml.safe_load_all(f.read_text()))
+        except FileNotFoundError:
+            problems.append(Problem(name, "-", "", "file not found"))
+            continue
+        except (OSError, UnicodeDecodeError) as e:
+            problems.append(Problem(name, "-", "", f"cannot read file: {e}"))
+            continue
+        except yaml.YAMLError as e:
+            problems.append(Problem(name, "-", "", f"expected valid YAML: {str(e).splitlines()[0]}"))
+            continue
+        for doc in loaded:
+            if doc is None:
+                continue
+            if not isinstance(doc, dict):
+                problems.append(Problem(name, "-", "", "expected a mapping (a Kubernetes object) at the top level"))
+                continue
+            api = str(doc.get("apiVersion", ""))
+            if api.split("/")[0] != "cai.dev":
+                continue
+            docs.append((name, doc))
+    return docs, problems
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _expected(err: dict[str, Any], model: type[ApiModel] | None) -> str:
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown field" + (f" (expected one of: {', '.join(_fields_at(model, err['loc'][:-1]))})" if model else "")
+    if kind == "missing":
+        return "required field is missing"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"expected an integer, got {err.get('input')!r}"
+    if kind in ("float_type", "float_parsing"):
+        return f"expected a number, got {err.get('input')!r}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"expected true or false, got {err.get('input')!r}"
+    if kind == "string_type":
+        return f"expected a string, got {type(err.get('input')).__name__}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return "expected an object (mapping)"
+    if kind == "list_type":
+        return "expected a list"
+    if kind == "literal_error":
+        return f"expected one of {ctx.get('expected')}, got {err.get('input')!r}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
+        bound = next(iter(ctx.values()))
+        return f"expected a value {op} {bound}, got {err.get('input')!r}"
+    if kind == "too_short":
+        return f"expected at least {ctx.get('min_length')} item(s)"
+    if kind == "too_long":
+        return f"expected at most {ctx.get('max_length')} item(s)"
+    if kind == "string_too_short":
+        return "expected a non-empty string"
+    if kind == "string_too_long":
+        return f"expected at most {ctx.get('max_length')} characters"
+    if kind == "string_pattern_mismatch":
+        return f"expected a string matching {ctx.get('pattern')}, got {err.get('input')!r}"
+    return err["msg"]
+
+
+def _fields_at(model: type[ApiModel] | None, loc: tuple[Any, ...]) -> list[str]:
+    """Field aliases of the model at `loc` (for 'unknown field' hints); [] when not resolvable."""
+    cur: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(cur, "model_fields", None)
+        if not fields:
+            return []
+        match = next((f for n, f in fields.items() if part in (n, f.alias)), None)
+        if match is None:
+            return []
+        cur = nested_model(match.annotation)
+    fields = getattr(cur, "model_fields", None) or {}
+    return sorted(f.alias or n for n, f in fields.items())
+
+
+def validation_problems(exc: ValidationError, model: type[ApiModel], file: str, obj: str, prefix: str) -> list[Problem]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        problems.append(Problem(file, obj, _format_loc((prefix, *loc)), _expected(err, model)))
+    return problems
+
+
+def parse_resource(doc: dict[str, Any], file: str = "-", with_status: bool = False) -> tuple[Resource | None, list[Problem]]:
+    """One manifest document → typed Resource, or the problems that prevent it."""
+    kind = doc.get("kind")
+    meta = doc.get("metadata") or {}
+    name = meta.get("name") if isinstance(meta, dict) else None
+    obj = f"{kind or '?'}/{name or '?'}"
+    problems: list[Problem] = []
+    if doc.get("apiVersion") != API_VERSION:
+        problems.append(Problem(file, obj, "apiVersion", f"expected {API_VERSION}, got {doc.get('apiVersion')!r}"))
+    if kind not in KINDS:
+        problems.append(Problem(file, obj, "kind", f"expected one of {', '.join(KINDS)}, got {kind!r}"))
+        return None, problems
+    if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > 63:
+        problems.append(
+            Problem(file, obj, "metadata.name", "expected a DNS-1123 label (lowercase letters, digits, '-', at most 63 characters)")
+        )
+    unknown_top = set(doc) - {"apiVersion", "kind", "metadata", "spec", "status"}
+    for key in sorted(unknown_top):
+        problems.append(Problem(file, obj, key, "unknown field (expected apiVersion, kind, metadata, spec, status)"))
+    info = KINDS[kind]
+    spec_doc = doc.get("spec")
+    if not isinstance(spec_doc, dict):
+        problems.append(Problem(file, obj, "spec", "expected an object (mapping)"))
+        return None, problems
+    try:
+        spec = info.spec.model_validate(spec_doc)
+    except ValidationError as e:
+        problems.extend(validation_problems(e, info.spec, file, obj, "spec"))
+        return None, problems
+    problems.extend(Problem(file, obj, path, msg) for path, msg in rule_violations(spec, "spec"))
+    status = None
+    if with_status and isinstance(doc.get("status"), dict):
+        try:
+            status = info.status.model_validate(doc["status"])
+        except ValidationError as e:
+            problems.extend(validation_problems(e, info.status, file, obj, "status"))
+    if problems:
+        return None, problems
+    return (
+        Resource(
+            kind=kind,
+            name=name,
+            namespace=meta.get("namespace") or "default",
+            spec=spec,
+            status=status,
+            uid=meta.get("uid") or "local",
+            generation=int(meta.get("generation") or 1),
+            source=file,
+            labels=dict(meta.get("labels") or {}),
+        ),
+        [],
+    )
+
+
+def rule_violations(model: ApiModel, path: str) -> list[tuple[str, str]]:
+    """Cross-field rules and list-map key uniqueness of `model` and everything nested in it."""
+    out: list[tuple[str, str]] = []
+    for rule in type(model).rules:
+        if rule.check is not None and not rule.transition and not rule.check(model):
+            out.append((f"{path}.{rule.field}" if rule.field else path, rule.message))
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        sub = f"{path}.{info.alias or name}"
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        keys = extra.get("x-kubernetes-list-map-keys")
+        if keys and isinstance(value, list):
+            seen: set[tuple[Any, ...]] = set()
+            for i, item in enumerate(value):
+                key = tuple(getattr(item, k) for k in keys)
+                if key in seen:
+                    out.append((f"{sub}[{i}].{keys[0]}", f"expected unique {'/'.join(keys)}; {key[0]!r} repeats"))
+                seen.add(key)
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            if isinstance(item, ApiModel):
+                out.extend(rule_violations(item, f"{sub}[{i}]" if isinstance(value, list) else sub))
+    return out
+
+
+def load_manifests(paths: Iterable[str | Path]) -> list[Resource]:
+    """Parse every cai.dev object under `paths`; raise ManifestError listing all problems."""
+    docs, problems = load_documents(paths)
+    resources = []
+    for file, doc in docs:
+        res, probs = parse_resource(doc, file)
+        problems.extend(probs)
+        if res is not None:
+            resources.append(res)
+    if problems:
+        raise ManifestError(problems)
+    return resources
