@@ -1,0 +1,7 @@
+"""`python -m cai` is the `cai` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

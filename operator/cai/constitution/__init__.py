@@ -1,0 +1,10 @@
+"""Constitutions at work: seeded principle draws and the prompts built from principles.
+
+`sampling` draws principles reproducibly (a draw depends only on the seed and the row's identity,
+never on batching or on which rows ran before, so resumed runs draw the same principles).
+`critique` renders the SL critique→revision conversations; `feedback` the RL multiple-choice prompts.
+"""
+
+from .sampling import draw, draw_many
+
+__all__ = ["draw", "draw_many"]

@@ -1,0 +1,172 @@
+"""`cai run`: validate manifests, order them by references, run each resource's stages as
+`cai stage` subprocesses with rich progress bars, and keep status in the store.
+
+Finished stages are never redone (their manifests match), so Ctrl-C or a crash loses only the stage
+in flight, and that stage resumes from its own checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..api.kinds import STAGES
+from ..api.manifest import Resource
+from ..pipeline.plan import Blocked, order_by_references, plan_resource
+from ..pipeline.status import (
+    constitution_status,
+    mark_blocked,
+    mark_completed,
+    mark_stage_failed,
+    mark_stage_started,
+    mark_stage_succeeded,
+)
+from ..progress import PREFIX
+from ..store import read_manifest
+from ..store.fs import normalize
+from ..validation import validate_paths
+from . import state
+from .status import render_table
+
+console = Console(stderr=True)
+
+
+class _Lookup:
+    """Resources of this run first, then resources run earlier into the same store."""
+
+    def __init__(self, store: str, resources: list[Resource]):
+        self.store = store
+        self.by_key = {(r.kind, r.name): r for r in resources}
+
+    def __call__(self, kind: str, name: str) -> Resource | None:
+        res = self.by_key.get((kind, name))
+        if res is not None:
+            return res if res.status is not None else None
+        return state.stored_resource(self.store, kind, "default", name)
+
+
+def _run_stage_process(stage_spec, progress: Progress | None, tail: deque[str]) -> int:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix=f"cai-{stage_spec.stage}-", delete=False) as f:
+        f.write(stage_spec.model_dump_json(by_alias=True))
+        spec_file = f.name
+    env = {**os.environ, "CAI_PROGRESS": "json" if progress is not None else "log", "PYTHONUNBUFFERED": "1"}
+    tasks: dict[str, int] = {}
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cai", "stage", stage_spec.stage, "--spec", spec_file],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1,
+        )
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                if line.startswith(PREFIX) and progress is not None:
+                    ev = json.loads(line[len(PREFIX):])
+                    label = f"{stage_spec.stage}: {ev['task']}"
+                    if label not in tasks:
+                        tasks[label] = progress.add_task(label, total=ev["total"])
+                    progress.update(tasks[label], completed=ev["done"], total=ev["total"])
+                    continue
+                tail.append(line)
+                console.print(f"[dim]{line}[/dim]", markup=True, highlight=False) if progress else print(line, file=sys.stderr)
+            return proc.wait()
+        except KeyboardInterrupt:
+            # The child got the same SIGINT; give it a moment to stop cleanly.
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+    finally:
+        Path(spec_file).unlink(missing_ok=True)
+
+
+def _run_resource(res: Resource, store: str, lookup: _Lookup, quiet: bool) -> bool:
+    info = res.info
+    res.status = state.load_status(store, res)
+    plan = plan_resource(res, lookup, store)
+    if isinstance(plan, Blocked):
+        mark_blocked(info, res.status, plan, res.generation)
+        state.save(store, res)
+        console.print(f"[yellow]{res.display}: {plan.reason}: {plan.message}[/yellow]")
+        return False
+    res.status.constitution_digest = plan.constitution_digest
+    for spec in plan.stages:
+        _, stage = STAGES[spec.stage]
+        existing = read_manifest(spec.output)
+        mark_stage_started(info, res.status, stage, res.generation)
+        state.save(store, res)
+        tail: deque[str] = deque(maxlen=40)
+        started = time.monotonic()
+        console.print(f"[bold]{res.display}[/bold] → {spec.stage}" + (" (checking for resume)" if existing else ""))
+        progress = None if quiet else Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False,
+        )
+        try:
+            if progress is not None:
+                with progress:
+                    rc = _run_stage_process(spec, progress, tail)
+            else:
+                rc = _run_stage_process(spec, None, tail)
+        except KeyboardInterrupt:
+            mark_stage_failed(info, res.status, stage, "Interrupted", "interrupted; run again to resume", res.generation)
+            state.save(store, res)
+            raise
+        manifest = read_manifest(spec.output) if rc == 0 else None
+        if manifest is None:
+            errors = [line for line in tail if line.startswith("error:")] or list(tail)[-5:]
+            message = " | ".join(e.removeprefix("error: ") for e in errors)[-2000:] or f"exit code {rc}"
+            mark_stage_failed(info, res.status, stage, "StageFailed", message, res.generation)
+            state.save(store, res)
+            console.print(f"[red]{res.display}: stage {spec.stage} failed: {message}[/red]")
+            return False
+        mark_stage_succeeded(info, res.status, stage, spec.output, manifest.get("metrics", {}), res.generation)
+        state.save(store, res)
+        console.print(f"  [green]✓[/green] {spec.stage} ({time.monotonic() - started:.1f}s) → {spec.output}")
+    mark_completed(info, res.status, res.generation)
+    state.save(store, res)
+    return True
+
+
+def run_local(paths: list[str], store: str, only: list[str] | None = None, force: bool = False, quiet: bool = False) -> int:
+    store = normalize(store)
+    resources, problems = validate_paths(paths, local=True, known=lambda k, n: state.stored_resource(store, k, "default", n))
+    if problems:
+        for p in problems:
+            print(p)
+        print(f"error: {len(problems)} problem(s); nothing was run", file=sys.stderr)
+        return 1
+    if not resources:
+        print("error: no cai.dev resources found in " + ", ".join(paths), file=sys.stderr)
+        return 1
+    if force:
+        os.environ["CAI_FORCE"] = "1"
+    lookup = _Lookup(store, resources)
+    ordered = order_by_references(resources)
+    selected = {s for s in only} if only else None
+    ok = True
+    try:
+        for res in ordered:
+            if res.info.is_run and selected is not None and res.display not in selected:
+                res.status = state.load_status(store, res)
+                continue
+            if not res.info.is_run:
+                res.status = constitution_status(res)
+                state.save(store, res)
+                continue
+            ok = _run_resource(res, store, lookup, quiet) and ok
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: finished stages are kept; run the same command again to resume[/yellow]")
+        return 130
+    console.print(render_table(ordered))
+    return 0 if ok else 1

@@ -1,0 +1,53 @@
+"""`cai status`: a table of locally run resources with their summary condition, stages and outputs."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from ..api.manifest import Resource
+from ..pipeline.conditions import get_condition
+from ..store.fs import normalize
+
+
+def _summary(res: Resource) -> tuple[str, str, str]:
+    c = get_condition(res.status, res.info.summary_condition) if res.status is not None else None
+    return (c.status, c.reason, c.message) if c else ("Unknown", "NotStarted", "")
+
+
+def render_table(resources: list[Resource]) -> Table:
+    table = Table(title="cai resources", show_lines=False)
+    for col in ("KIND", "NAME", "CONDITION", "REASON", "STAGES", "OUTPUTS / METRICS"):
+        table.add_column(col, overflow="fold")
+    for res in resources:
+        value, reason, message = _summary(res)
+        cond = f"{res.info.summary_condition}={value}"
+        stages = " ".join(
+            f"{s.name}{'✓' if s.completion_time else '…'}" for s in (getattr(res.status, "stages", None) or [])
+        )
+        detail = []
+        outputs = getattr(res.status, "outputs", None)
+        if outputs is not None:
+            detail += [f"{k}: {v}" for k, v in outputs.to_wire().items()]
+        metrics = getattr(res.status, "metrics", None) or {}
+        detail += [f"{k}={v:g}" for k, v in sorted(metrics.items()) if not k.endswith("Seconds")]
+        if value == "False" and message:
+            detail.insert(0, f"[red]{message}[/red]")
+        table.add_row(res.kind, res.name, cond, reason, stages, "\n".join(detail))
+    return table
+
+
+def print_status(store: str, as_json: bool = False) -> int:
+    from .state import all_stored
+
+    resources = all_stored(normalize(store))
+    if as_json:
+        print(json.dumps([r.to_manifest() for r in resources], indent=2))
+        return 0
+    if not resources:
+        print(f"no resources in {store}")
+        return 0
+    Console().print(render_table(resources))
+    return 0

@@ -1,0 +1,51 @@
+"""The document a stage process receives (`cai stage NAME --spec FILE`): everything it needs, nothing else.
+
+Pods get it from a ConfigMap, the local runner from a temp file. It carries no credentials.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import Field
+
+from ..api.base import ApiModel
+from ..api.kinds import KINDS, ConstitutionSpec
+
+
+class StageSpec(ApiModel):
+    stage: str = Field(description="Stage name, e.g. generate-revisions.")
+    kind: str
+    name: str
+    namespace: str = "default"
+    uid: str = "local"
+    spec: dict[str, Any] = Field(description="The resource's spec in wire form.")
+    constitution: dict[str, Any] | None = Field(None, description="Spec of the Constitution in force, if any.")
+    constitution_digest: str | None = None
+    models: dict[str, str] = Field(default_factory=dict, description="Model references by role (policy, feedback, ...).")
+    inputs: dict[str, str] = Field(default_factory=dict, description="Input artifact URIs by role.")
+    output: str = Field(description="URI of the artifact directory this stage writes.")
+
+    def typed_spec(self) -> Any:
+        return KINDS[self.kind].spec.model_validate(self.spec)
+
+    def typed_constitution(self) -> ConstitutionSpec:
+        if self.constitution is None:
+            raise ValueError(f"stage {self.stage} of {self.kind}/{self.name} needs a constitution but none was given")
+        return ConstitutionSpec.model_validate(self.constitution)
+
+    def digest(self, input_manifest_digests: dict[str, str | None]) -> str:
+        """What the stage's result depends on: its spec, the constitution, models, and input artifacts."""
+        from .. import __version__
+
+        payload = {
+            "version": __version__,
+            "stage": self.stage,
+            "spec": self.spec,
+            "constitutionDigest": self.constitution_digest,
+            "models": self.models,
+            "inputs": input_manifest_digests,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,163 @@
+"""Running one stage: read the spec, skip when up to date, run, publish the artifact (manifest last).
+
+Resume: a stage's output manifest records `inputsDigest` (its spec, constitution, models and input
+manifests); an identical digest means the work is done. Within a stage, long loops checkpoint into
+`ctx.work_dir` (kept across attempts, removed after success) and pick up where they stopped.
+Failures write a one-line reason to the pod's termination log so the operator can show it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..api.kinds import ConstitutionSpec
+from ..pipeline.stagespec import StageSpec
+from ..progress import Progress
+from ..store import commit_artifact, download_artifact, local_path, manifest_digest, read_manifest
+from . import STAGE_MODULES
+
+TERMINATION_LOG = Path(os.environ.get("CAI_TERMINATION_LOG", "/dev/termination-log"))
+
+
+class StageError(Exception):
+    """A stage cannot proceed; the message is shown to the user as is (no traceback)."""
+
+
+@dataclass
+class StageResult:
+    kind: str  # dataset | model | report
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CAI_CACHE_DIR") or Path.home() / ".cache" / "cai")
+
+
+@dataclass
+class StageContext:
+    spec: StageSpec
+    out_dir: Path  # write the artifact's files here
+    work_dir: Path  # checkpoints and scratch, kept until the stage succeeds
+
+    @property
+    def run_spec(self) -> Any:
+        return self.spec.typed_spec()
+
+    def constitution(self) -> ConstitutionSpec:
+        return self.spec.typed_constitution()
+
+    def input_dir(self, role: str) -> Path:
+        """Local directory of the input artifact `role` (downloaded and checked if remote)."""
+        uri = self.spec.inputs.get(role)
+        if not uri:
+            raise StageError(f"stage {self.spec.stage} needs input {role!r} but the spec has none")
+        try:
+            return download_artifact(uri, self.work_dir / "inputs" / role)
+        except FileNotFoundError:
+            raise StageError(f"input {role} ({uri}) does not exist: the stage that writes it has not finished") from None
+
+    def model(self, role: str) -> str:
+        ref = self.spec.models.get(role)
+        if not ref:
+            raise StageError(f"stage {self.spec.stage} needs model {role!r} but the spec has none")
+        return ref
+
+    def progress(self, task: str, total: int, unit: str = "items") -> Progress:
+        return Progress(task, total, unit)
+
+    def log(self, message: str) -> None:
+        print(f"[{self.spec.stage}] {message}", file=sys.stderr, flush=True)
+
+
+def _work_dir(spec: StageSpec) -> Path:
+    key = hashlib.sha256(spec.output.encode()).hexdigest()[:16]
+    return cache_dir() / "work" / f"{spec.kind.lower()}-{spec.name}-{spec.stage}-{key}"
+
+
+def _terminate_message(message: str) -> None:
+    try:
+        if TERMINATION_LOG.parent.exists() and os.access(TERMINATION_LOG.parent, os.W_OK) or TERMINATION_LOG.exists():
+            TERMINATION_LOG.write_text(message[-4000:])
+    except OSError:
+        pass
+
+
+def run_stage(name: str, spec_path: str, force: bool = False) -> int:
+    try:
+        spec = StageSpec.model_validate_json(Path(spec_path).read_text())
+    except FileNotFoundError:
+        print(f"error: stage spec {spec_path} not found", file=sys.stderr)
+        return 1
+    except ValueError as e:
+        print(f"error: {spec_path}: not a valid stage spec: {e}", file=sys.stderr)
+        return 1
+    if spec.stage != name:
+        print(f"error: {spec_path} is a spec for stage {spec.stage!r}, not {name!r}", file=sys.stderr)
+        return 1
+    if name not in STAGE_MODULES:
+        print(f"error: unknown stage {name!r} (expected one of: {', '.join(STAGE_MODULES)})", file=sys.stderr)
+        return 1
+
+    input_digests = {role: manifest_digest(uri) if uri else None for role, uri in spec.inputs.items()}
+    missing = [f"{role} ({spec.inputs[role]})" for role, d in input_digests.items() if d is None and spec.inputs[role]]
+    if missing:
+        msg = f"stage {name}: input artifact(s) missing: {', '.join(missing)}"
+        print(f"error: {msg}", file=sys.stderr)
+        _terminate_message(msg)
+        return 1
+    digest = spec.digest(input_digests)
+    existing = read_manifest(spec.output)
+    if existing is not None and existing.get("inputsDigest") == digest and not force:
+        print(f"[{name}] up to date: {spec.output}", file=sys.stderr)
+        return 0
+
+    work_dir = _work_dir(spec)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    target = local_path(spec.output)
+    if target is not None:
+        # Write in place: no manifest means readers ignore the directory until commit.
+        (target / "manifest.json").unlink(missing_ok=True)
+        out_dir = target
+    else:
+        out_dir = work_dir / "out"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = StageContext(spec=spec, out_dir=out_dir, work_dir=work_dir)
+    started = time.monotonic()
+    try:
+        module = importlib.import_module(STAGE_MODULES[name])
+        result: StageResult = module.run(ctx)
+    except StageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        _terminate_message(str(e))
+        return 1
+    except KeyboardInterrupt:
+        print(f"[{name}] interrupted; finished work is kept and the next run resumes", file=sys.stderr)
+        return 130
+    except Exception as e:  # report the cause to the operator, keep the traceback in the log
+        traceback.print_exc()
+        _terminate_message(f"{type(e).__name__}: {e}")
+        return 1
+    metrics = {**result.metrics, "durationSeconds": round(time.monotonic() - started, 3)}
+    manifest = commit_artifact(
+        out_dir,
+        spec.output,
+        kind=result.kind,
+        producer={"kind": spec.kind, "name": spec.name, "namespace": spec.namespace, "stage": name},
+        inputs=[{"role": role, "uri": spec.inputs[role], "sha256": d} for role, d in input_digests.items() if d],
+        inputs_digest=digest,
+        metrics=metrics,
+        extra={"models": spec.models},
+    )
+    shutil.rmtree(work_dir, ignore_errors=True)
+    print(f"[{name}] wrote {spec.output} ({len(manifest['files'])} files) {json.dumps(metrics)}", file=sys.stderr)
+    return 0

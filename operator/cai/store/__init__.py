@@ -1,0 +1,23 @@
+"""Object store on fsspec (file:// and s3://): artifact directories whose manifest.json is written last.
+
+Readers treat a directory without manifest.json as absent, so a crash mid-upload never exposes a
+half-written artifact. Import cost is small (fsspec only; s3fs loads on first s3:// use).
+"""
+
+from .artifacts import (
+    MANIFEST,
+    commit_artifact,
+    download_artifact,
+    file_digest,
+    manifest_digest,
+    read_json,
+    read_manifest,
+    write_json,
+)
+from .fs import filesystem, join, local_path
+from .layout import artifact_uri, resource_root, status_uri
+
+__all__ = [
+    "MANIFEST", "commit_artifact", "download_artifact", "file_digest", "manifest_digest", "read_json",
+    "read_manifest", "write_json", "filesystem", "join", "local_path", "artifact_uri", "resource_root", "status_uri",
+]

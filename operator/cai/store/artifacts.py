@@ -1,0 +1,156 @@
+"""Artifact directories: upload files, then manifest.json last; read manifests; download with checks.
+
+Manifest (DESIGN §4): {schemaVersion, kind: dataset|model|report, producer: {kind, name, stage},
+inputs: [{uri, sha256}], files: [{path, sha256, bytes}], metrics, createdAt} plus `inputsDigest`, the
+digest of everything the stage's result depends on; a stage whose output manifest carries the same
+inputsDigest is skipped (resume).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .fs import filesystem, join, local_path
+
+MANIFEST = "manifest.json"
+SCHEMA_VERSION = 1
+_CHUNK = 1 << 20
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(uri: str) -> dict[str, Any] | None:
+    """The artifact's manifest, or None when the artifact does not (fully) exist."""
+    fs, path = filesystem(uri)
+    target = f"{path}/{MANIFEST}"
+    try:
+        with fs.open(target, "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None
+
+
+def manifest_digest(uri: str) -> str | None:
+    """sha256 of the artifact's manifest bytes: it pins every file of the artifact."""
+    fs, path = filesystem(uri)
+    try:
+        with fs.open(f"{path}/{MANIFEST}", "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def read_json(uri: str) -> Any | None:
+    fs, path = filesystem(uri)
+    try:
+        with fs.open(path, "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None
+
+
+def write_json(uri: str, data: Any) -> None:
+    """Write a small JSON document atomically where the filesystem allows (local: rename)."""
+    payload = json.dumps(data, indent=2, sort_keys=False).encode()
+    lp = local_path(uri)
+    if lp is not None:
+        lp.parent.mkdir(parents=True, exist_ok=True)
+        tmp = lp.with_suffix(lp.suffix + ".tmp")
+        tmp.write_bytes(payload)
+        tmp.replace(lp)
+        return
+    fs, path = filesystem(uri)
+    with fs.open(path, "wb") as f:
+        f.write(payload)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def commit_artifact(
+    local_dir: Path,
+    uri: str,
+    *,
+    kind: str,
+    producer: dict[str, str],
+    inputs: list[dict[str, str]],
+    inputs_digest: str,
+    metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Publish every file under `local_dir` at `uri`, then write manifest.json (last).
+
+    An older manifest at `uri` is removed first, so readers never see new files under an old manifest.
+    """
+    files = []
+    for p in sorted(local_dir.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            files.append({"path": p.relative_to(local_dir).as_posix(), "sha256": file_digest(p), "bytes": p.stat().st_size})
+    manifest = {
+        "schemaVersion": SCHEMA_VERSION,
+        "kind": kind,
+        "producer": producer,
+        "inputs": inputs,
+        "inputsDigest": inputs_digest,
+        "files": files,
+        "metrics": metrics or {},
+        "createdAt": _now(),
+        **(extra or {}),
+    }
+    fs, path = filesystem(uri)
+    if fs.exists(f"{path}/{MANIFEST}"):
+        fs.rm(f"{path}/{MANIFEST}")
+    target_local = local_path(uri)
+    if target_local is not None and target_local.resolve() == local_dir.resolve():
+        pass  # already in place (stage wrote straight into its output dir)
+    elif target_local is not None:
+        target_local.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            dest = target_local / f["path"]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local_dir / f["path"], dest)
+    else:
+        for f in files:
+            fs.put_file(str(local_dir / f["path"]), f"{path}/{f['path']}")
+    write_json(join(uri, MANIFEST), manifest)
+    return manifest
+
+
+def download_artifact(uri: str, dest: Path) -> Path:
+    """A local directory holding the artifact's files, checked against its manifest.
+
+    file:// artifacts are used in place. Remote ones are copied to `dest`; files already there with
+    the right sha256 are not fetched again. Raises FileNotFoundError when the artifact is absent and
+    ValueError on a checksum mismatch.
+    """
+    manifest = read_manifest(uri)
+    if manifest is None:
+        raise FileNotFoundError(f"artifact {uri} does not exist (no {MANIFEST})")
+    lp = local_path(uri)
+    if lp is not None:
+        return lp
+    fs, path = filesystem(uri)
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in manifest["files"]:
+        target = dest / f["path"]
+        if target.exists() and target.stat().st_size == f["bytes"] and file_digest(target) == f["sha256"]:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(f"{path}/{f['path']}", str(target))
+        if file_digest(target) != f["sha256"]:
+            target.unlink()
+            raise ValueError(f"checksum mismatch for {uri}/{f['path']}: the artifact changed or is corrupt")
+    (dest / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return dest

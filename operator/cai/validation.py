@@ -1,0 +1,74 @@
+"""Offline validation of manifest sets (`cai validate`, and the first thing `cai run` does).
+
+Checks everything the apiserver would (schema, CEL rules) plus what only a whole set can show:
+references between manifests, duplicate names, model references and prompt sources. With
+`local=True` (cai run), files named by paths must also exist here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from .api.manifest import Problem, Resource, load_documents, parse_resource
+from .pipeline.plan import Lookup, model_refs, references
+
+
+def prompt_sources(res: Resource) -> list[tuple[str, str]]:
+    """(field path, source) of every prompt source of a resource."""
+    spec = res.spec
+    out = []
+    for attr, path in (("prompts", "spec.prompts.source"), ("helpful_prompts", "spec.helpfulPrompts.source")):
+        src = getattr(spec, attr, None)
+        if src is not None:
+            out.append((path, src.source))
+    evaluation = getattr(spec, "evaluation", None)
+    if evaluation is not None and evaluation.enabled:
+        out += [("spec.evaluation.redTeamPrompts.source", evaluation.red_team_prompts.source),
+                ("spec.evaluation.helpfulPrompts.source", evaluation.helpful_prompts.source)]
+    return out
+
+
+def check_resources(resources: list[Resource], *, local: bool, known: Lookup | None = None) -> list[Problem]:
+    from .data.prompts import check_source
+    from .models.refs import check_model_ref
+
+    problems: list[Problem] = []
+    seen: dict[tuple[str, str, str], Resource] = {}
+    for res in resources:
+        if res.key in seen:
+            problems.append(Problem(res.source, res.display, "metadata.name",
+                                    f"expected a unique name; {res.display} is also defined in {seen[res.key].source}"))
+        seen[res.key] = res
+    for res in resources:
+        for kind, name, path in references(res):
+            if (kind, res.namespace, name) in seen or (known is not None and known(kind, name) is not None):
+                continue
+            problems.append(Problem(res.source, res.display, path,
+                                    f"expected an existing {kind} named {name!r} (not among the given manifests)"))
+        for path, ref in model_refs(res):
+            issue = check_model_ref(ref, local=local)
+            if issue:
+                problems.append(Problem(res.source, res.display, path, issue))
+        for path, source in prompt_sources(res):
+            if not local and not source.startswith(("builtin:", "hf:")):
+                continue
+            issue = check_source(source)
+            if issue:
+                problems.append(Problem(res.source, res.display, path, issue))
+    return problems
+
+
+def validate_paths(paths: Iterable[str | Path], *, local: bool = False, check_references: bool = True,
+                   known: Lookup | None = None) -> tuple[list[Resource], list[Problem]]:
+    docs, problems = load_documents(paths)
+    resources = []
+    for file, doc in docs:
+        res, probs = parse_resource(doc, file)
+        problems.extend(probs)
+        if res is not None:
+            resources.append(res)
+    cross = check_resources(resources, local=local, known=known)
+    if not check_references:
+        cross = [p for p in cross if "not among the given manifests" not in p.message]
+    return resources, problems + cross
