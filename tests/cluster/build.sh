@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Builds the test control plane's binaries (see docs/development-cluster.md), called by `make cluster`.
+#
+# Everything is built from the Go modules pinned in this directory (go.mod: Kubernetes v1.34 + etcd +
+# helm; kwok/go.mod; minio/go.mod) into a cache outside git keyed by those pins:
+#   ${CAI_CLUSTER_CACHE:-~/.cache/cai-cluster}/<version-key>/bin
+# and .cache/cluster/bin (in the repository) is made a symlink to it. Only missing binaries are built,
+# so a second run does nothing. Prometheus and promtool come from Debian (apt) and are linked in too.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="${GOFLAGS:--buildvcs=false}"
+NICE="${NICE:-nice -n 10}"
+
+K8S_VERSION=v1.34.10      # keep in step with go.mod
+HELM_VERSION=v3.19.5
+ETCD_VERSION=v3.6.4
+
+key_inputs() {
+  cat "$here/build.sh" "$here/go.mod" "$here/go.sum" "$here/kwok/go.mod" "$here/kwok/go.sum" \
+      "$here/minio/go.mod" "$here/minio/go.sum"
+  "$GO" env GOVERSION GOARCH GOOS
+}
+key="k8s-${K8S_VERSION}-$(key_inputs | sha256sum | cut -c1-12)"
+cache_root="${CAI_CLUSTER_CACHE:-$HOME/.cache/cai-cluster}"
+dest="$cache_root/$key/bin"
+mkdir -p "$dest" "$repo/.cache/cluster"
+
+k8s_ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  k8s_ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=34"
+  k8s_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
+
+# name | module dir | package | extra ldflags
+targets=(
+  "etcd|.|go.etcd.io/etcd/server/v3|"
+  "kube-apiserver|.|k8s.io/kubernetes/cmd/kube-apiserver|$k8s_ldflags"
+  "kube-controller-manager|.|k8s.io/kubernetes/cmd/kube-controller-manager|$k8s_ldflags"
+  "kube-scheduler|.|k8s.io/kubernetes/cmd/kube-scheduler|$k8s_ldflags"
+  "kubectl|.|k8s.io/kubernetes/cmd/kubectl|$k8s_ldflags"
+  "helm|.|helm.sh/helm/v3/cmd/helm|-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  "kwok|kwok|sigs.k8s.io/kwok/cmd/kwok|"
+  "minio|minio|github.com/minio/minio|"
+)
+
+built=0
+for t in "${targets[@]}"; do
+  IFS='|' read -r name dir pkg extra <<<"$t"
+  [[ -x "$dest/$name" ]] && continue
+  echo ">> building $name ($pkg) into $dest"
+  start=$SECONDS
+  (cd "$here/$dir" && $NICE "$GO" build -trimpath -ldflags="-s -w $extra" -o "$dest/.$name.tmp" "$pkg")
+  mv -f "$dest/.$name.tmp" "$dest/$name"
+  echo ">> $name built in $((SECONDS - start))s"
+  built=1
+done
+
+# Prometheus and promtool: Debian's package.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  echo ">> installing Debian's prometheus package"
+  sudo_=""; [[ $(id -u) -eq 0 ]] || sudo_="sudo"
+  $sudo_ apt-get install -y --no-install-recommends prometheus \
+    || { $sudo_ apt-get update && $sudo_ apt-get install -y --no-install-recommends prometheus; }
+fi
+for tool in prometheus promtool; do
+  ln -sfn "$(command -v $tool)" "$dest/$tool"
+done
+
+echo "$key" >"$cache_root/$key/KEY"
+ln -sfn "$dest" "$repo/.cache/cluster/bin"
+if [[ $built == 1 ]]; then echo ">> cluster binaries ready in $dest"; else echo ">> cluster binaries up to date ($key)"; fi

@@ -1,0 +1,128 @@
+"""The control plane's own start/stop path, as `make cluster-up`/`cluster-down` use it: contract files,
+TLS + token auth, loopback only, a failing component's log tail, and nothing left running afterwards.
+
+Where it sits: drives tests/cluster/control_plane.py directly (a second, short-lived cluster under a
+temporary root), next to the session cluster the other integration tests share.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import ssl
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import control_plane as cp
+
+pytestmark = pytest.mark.cluster
+
+
+def _listening_addrs(pids: set[int]) -> set[str]:
+    """Local addresses of TCP sockets in LISTEN state owned by `pids` (from /proc)."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                link = os.readlink(fd)
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    addrs = set()
+    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] != "0A" or f[9] not in inodes:  # 0A = LISTEN
+                continue
+            ip_hex, port_hex = f[1].split(":")
+            if v6:
+                ip = "::1" if ip_hex == "00000000000000000000000001000000" else (
+                    "::" if set(ip_hex) == {"0"} else ip_hex)
+            else:
+                ip = ".".join(str(b) for b in reversed(bytes.fromhex(ip_hex)))
+            addrs.add(f"{ip}:{int(port_hex, 16)}")
+    return addrs
+
+
+def test_cli_up_status_down(tmp_path):
+    root = tmp_path / "cluster"
+    run = lambda *a: subprocess.run([sys.executable, "-m", "tests.cluster.control_plane", *a,
+                                     "--root", str(root)], capture_output=True, text=True, timeout=180, check=False,
+                                    cwd=cp.REPO)
+    up = run("up")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "ready in" in up.stdout
+        cluster = cp.Cluster.load(root)
+        pids = {int(r["pid"]) for r in cluster.procs}
+        assert {r["name"] for r in cluster.procs} == {*cp.K8S_COMPONENTS, "minio", "prometheus"}
+
+        # contract files
+        kubeconfig = json.loads((root / "kubeconfig").read_text())
+        server = kubeconfig["clusters"][0]["cluster"]["server"]
+        token = kubeconfig["users"][0]["user"]["token"]
+        assert server.startswith("https://127.0.0.1:")
+        env = dict(line.removeprefix("export ").split("=", 1) for line in (root / "s3.env").read_text().splitlines())
+        assert set(env) == {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                            "AWS_DEFAULT_REGION", "CAI_S3_BUCKET"}
+        script = f"source {shlex.quote(str(root / 's3.env'))}; echo $AWS_ENDPOINT_URL $CAI_S3_BUCKET"
+        sourced = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+        assert sourced.stdout.split() == [env["AWS_ENDPOINT_URL"], env["CAI_S3_BUCKET"]]
+
+        # TLS with our CA, token auth: no token -> 401, a wrong one -> 401, the admin's -> 200
+        ctx = ssl.create_default_context(cafile=cluster.state["ca_file"])
+        assert cp.http("GET", server + "/api/v1/namespaces", ca=Path(cluster.state["ca_file"]))[0] == 401
+        assert cp.http("GET", server + "/api/v1/namespaces", token="nope",
+                       ca=Path(cluster.state["ca_file"]))[0] == 401
+        req = urllib.request.Request(server + "/api/v1/namespaces", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+            assert r.status == 200
+        with pytest.raises(urllib.error.URLError):  # the system trust store does not know our CA
+            urllib.request.urlopen(server + "/healthz", context=ssl.create_default_context(), timeout=10)
+
+        # every listening socket of every component is on loopback
+        addrs = _listening_addrs(pids)
+        assert addrs, "found no listening sockets"
+        assert all(a.startswith(("127.0.0.1:", "::1:")) for a in addrs), addrs
+
+        st = run("status")
+        assert st.returncode == 0 and "healthy" in st.stdout, st.stdout + st.stderr
+        again = run("up")  # a second `up` reuses what runs
+        assert again.returncode == 0 and "already up" in again.stdout
+        assert {int(r["pid"]) for r in cp.Cluster.load(root).procs} == pids
+    finally:
+        down = run("down")
+    assert down.returncode == 0, down.stderr
+    assert not any(Path(f"/proc/{p}").exists() and cp._cmdline0(p) for p in pids), "processes left running"
+    assert not (root / "state.json").exists() and not (root / "kubeconfig").exists()
+    assert run("status").returncode == 1
+
+
+def test_failing_component_shows_its_log_tail(tmp_path):
+    """A component that dies on start fails `up` with its log tail, and the others are stopped."""
+    bins = tmp_path / "bin"
+    bins.mkdir()
+    for b in cp.bin_dir_default().iterdir():
+        (bins / b.name).symlink_to(b.resolve())
+    (bins / "kube-apiserver").unlink()
+    (bins / "kube-apiserver").write_text("#!/bin/sh\necho 'E0101 apiserver: cannot start: injected failure 7f3a' >&2\n"
+                                         "exit 1\n")
+    (bins / "kube-apiserver").chmod(0o755)
+    root = tmp_path / "cluster"
+    with pytest.raises(cp.ClusterError) as e:
+        cp.up(root, bins, timeout=60, reuse=False, die_with_parent=True)
+    msg = str(e.value)
+    assert "kube-apiserver exited during start-up" in msg
+    assert "injected failure 7f3a" in msg
+    state = json.loads((root / "state.json").read_text())
+    assert state["ready"] is False
+    started = state["procs"]
+    assert {"etcd", "kube-apiserver"} <= {r["name"] for r in started}
+    assert not any(cp.proc_alive(r) for r in started), "components left running after a failed start"
+    cp.down(root)
