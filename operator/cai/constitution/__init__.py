@@ -5,6 +5,6 @@ never on batching or on which rows ran before, so resumed runs draw the same pri
 `critique` renders the SL critique→revision conversations; `feedback` the RL multiple-choice prompts.
 """
 
-from .sampling import draw, draw_many
+from .sampling import draw, draw_many, stable_seed
 
-__all__ = ["draw", "draw_many"]
+__all__ = ["draw", "draw_many", "stable_seed"]

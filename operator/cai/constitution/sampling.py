@@ -8,7 +8,7 @@ from typing import Sequence, TypeVar
 T = TypeVar("T")
 
 
-def _rng(seed: int, *key: object) -> random.Random:
+def _rng(seed: object, *key: object) -> random.Random:
     # str seeds go through sha512 in Python's random: stable across processes and versions.
     return random.Random(":".join(map(str, (seed, *key))))
 
@@ -26,3 +26,8 @@ def draw_many(items: Sequence[T], k: int, seed: int, *key: object) -> list[T]:
     if k <= len(items):
         return rng.sample(list(items), k)
     return [items[rng.randrange(len(items))] for _ in range(k)]
+
+
+def stable_seed(*key: object) -> int:
+    """A 31-bit seed from any key; unlike hash(), identical in every process."""
+    return _rng(*key).getrandbits(31) if key else 0

@@ -1,0 +1,6 @@
+"""Models: references (`refs`, pure Python), resolution to local directories (`resolve`), and
+generation backends (`backends`). Nothing here imports torch at import time."""
+
+from .refs import BUILTIN_MODELS, DEFAULT_MODEL, ModelRef, check_model_ref, parse_model_ref
+
+__all__ = ["BUILTIN_MODELS", "DEFAULT_MODEL", "ModelRef", "check_model_ref", "parse_model_ref"]
