@@ -42,7 +42,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for p in problems:
         print(p)
     if problems:
-        print(f"{len(problems)} problem(s) in {len(resources)} valid and {len(problems)} invalid object(s)", file=sys.stderr)
+        objects = {(p.file, p.obj) for p in problems}
+        print(f"{len(problems)} problem(s) in {len(objects)} object(s)", file=sys.stderr)
         return 1
     print(f"{len(resources)} object(s) valid", file=sys.stderr)
     return 0

@@ -29,7 +29,10 @@ def prompt_sources(res: Resource) -> list[tuple[str, str]]:
     return out
 
 
-def check_resources(resources: list[Resource], *, local: bool, known: Lookup | None = None) -> list[Problem]:
+def check_resources(resources: list[Resource], *, local: bool, known: Lookup | None = None,
+                    declared: set[tuple[str, str, str]] = frozenset()) -> list[Problem]:
+    """Problems visible only across objects. `declared` holds (kind, namespace, name) of objects that
+    exist in the set but failed to parse: references to them are not reported again."""
     from .data.prompts import check_source
     from .models.refs import check_model_ref
 
@@ -42,7 +45,7 @@ def check_resources(resources: list[Resource], *, local: bool, known: Lookup | N
         seen[res.key] = res
     for res in resources:
         for kind, name, path in references(res):
-            if (kind, res.namespace, name) in seen or (known is not None and known(kind, name) is not None):
+            if (kind, res.namespace, name) in seen or (kind, res.namespace, name) in declared or (known is not None and known(kind, name) is not None):
                 continue
             problems.append(Problem(res.source, res.display, path,
                                     f"expected an existing {kind} named {name!r} (not among the given manifests)"))
@@ -68,7 +71,9 @@ def validate_paths(paths: Iterable[str | Path], *, local: bool = False, check_re
         problems.extend(probs)
         if res is not None:
             resources.append(res)
-    cross = check_resources(resources, local=local, known=known)
+    declared = {(d.get("kind"), (d.get("metadata") or {}).get("namespace") or "default", (d.get("metadata") or {}).get("name"))
+                for _, d in docs if isinstance(d.get("metadata"), dict)}
+    cross = check_resources(resources, local=local, known=known, declared=declared)
     if not check_references:
         cross = [p for p in cross if "not among the given manifests" not in p.message]
     return resources, problems + cross

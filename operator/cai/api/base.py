@@ -45,7 +45,7 @@ class ApiModel(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel,
         validate_by_alias=True,
-        validate_by_name=False,  # manifests must use the wire (camelCase) names, as the apiserver does
+        validate_by_name=True,  # Python code may use field names; manifests are parsed with by_name=False
         serialize_by_alias=True,
         extra="forbid",
         validate_assignment=True,

@@ -195,7 +195,7 @@ def validation_problems(exc: ValidationError, model: type[ApiModel], file: str, 
 
 
 def parse_resource(doc: dict[str, Any], file: str = "-", with_status: bool = False) -> tuple[Resource | None, list[Problem]]:
-    """One manifest document → typed Resource, or the problems that prevent it."""
+    """One manifest document → typed Resource (None if it cannot be built) and its problems."""
     kind = doc.get("kind")
     meta = doc.get("metadata") or {}
     name = meta.get("name") if isinstance(meta, dict) else None
@@ -219,7 +219,7 @@ def parse_resource(doc: dict[str, Any], file: str = "-", with_status: bool = Fal
         problems.append(Problem(file, obj, "spec", "expected an object (mapping)"))
         return None, problems
     try:
-        spec = info.spec.model_validate(spec_doc)
+        spec = info.spec.model_validate(spec_doc, by_name=False)  # wire names only, like the apiserver
     except ValidationError as e:
         problems.extend(validation_problems(e, info.spec, file, obj, "spec"))
         return None, problems
@@ -227,11 +227,12 @@ def parse_resource(doc: dict[str, Any], file: str = "-", with_status: bool = Fal
     status = None
     if with_status and isinstance(doc.get("status"), dict):
         try:
-            status = info.status.model_validate(doc["status"])
+            status = info.status.model_validate(doc["status"], by_name=False)
         except ValidationError as e:
             problems.extend(validation_problems(e, info.status, file, obj, "status"))
-    if problems:
+    if any(p.path.startswith(("apiVersion", "metadata", "status")) or p.path in unknown_top for p in problems):
         return None, problems
+    # Rule violations still yield the resource, so callers can check its references and sources too.
     return (
         Resource(
             kind=kind,
@@ -244,7 +245,7 @@ def parse_resource(doc: dict[str, Any], file: str = "-", with_status: bool = Fal
             source=file,
             labels=dict(meta.get("labels") or {}),
         ),
-        [],
+        problems,
     )
 
 
@@ -280,7 +281,7 @@ def load_manifests(paths: Iterable[str | Path]) -> list[Resource]:
     for file, doc in docs:
         res, probs = parse_resource(doc, file)
         problems.extend(probs)
-        if res is not None:
+        if res is not None and not probs:
             resources.append(res)
     if problems:
         raise ManifestError(problems)

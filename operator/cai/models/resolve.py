@@ -44,7 +44,7 @@ SMOLLM2_UPSTREAM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # Written last inside a prepared builtin directory. Bump a recipe number when its preparation
 # changes: caches prepared by an older recipe are rebuilt on next use.
 MARKER = "cai-prepared.json"
-_RECIPES = {"smollm2-135m-instruct": 1, "tiny-random": 1}
+_RECIPES = {"smollm2-135m-instruct": 2, "tiny-random": 2}
 # Kept next to a copied s3/file model: where it came from and each file's sha256/size/mtime.
 SOURCE_RECORD = ".cai-source.json"
 MANIFEST = "manifest.json"
@@ -164,6 +164,7 @@ def _build_atomically(dest: Path, build: Callable[[Path], None], ready: Callable
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
         try:
             build(tmp)
+            _make_readable(tmp)
             if dest.exists():
                 # rename() cannot replace a non-empty directory: move the old one aside first.
                 old = dest.parent / f".{dest.name}.tmp-old-{os.getpid()}"
@@ -176,6 +177,16 @@ def _build_atomically(dest: Path, build: Callable[[Path], None], ready: Callable
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return dest
+
+
+def _make_readable(root: Path) -> None:
+    """Directories 0755 and files 0644 (minus the umask): mkdtemp creates 0700 and safetensors can
+    be written 0600, which would lock out non-root pods reading a cache baked into an image."""
+    umask = os.umask(0)
+    os.umask(umask)
+    root.chmod(0o777 & ~umask)
+    for p in root.rglob("*"):
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 # --------------------------------------------------------------------------- builtin models
@@ -248,6 +259,9 @@ def _build_smollm2(dest: Path) -> None:
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config._name_or_path = SMOLLM2_UPSTREAM
+    # The GGUF's general.name ("Smollm2 135M 8k ...") would otherwise be saved as the model name.
+    if hasattr(config, "_model_name_or_path"):
+        config._model_name_or_path = SMOLLM2_UPSTREAM
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(source.state_dict(), strict=True)
     model.generation_config = copy.deepcopy(source.generation_config)

@@ -117,6 +117,7 @@ def run_stage(name: str, spec_path: str, force: bool = False) -> int:
         return 1
     digest = spec.digest(input_digests)
     existing = read_manifest(spec.output)
+    force = force or os.environ.get("CAI_FORCE") == "1"
     if existing is not None and existing.get("inputsDigest") == digest and not force:
         print(f"[{name}] up to date: {spec.output}", file=sys.stderr)
         return 0
@@ -147,6 +148,10 @@ def run_stage(name: str, spec_path: str, force: bool = False) -> int:
         traceback.print_exc()
         _terminate_message(f"{type(e).__name__}: {e}")
         return 1
+    if int(os.environ.get("RANK", "0")) != 0:
+        # Distributed training: every rank trains, rank 0 alone publishes.
+        print(f"[{name}] rank {os.environ['RANK']} done", file=sys.stderr)
+        return 0
     metrics = {**result.metrics, "durationSeconds": round(time.monotonic() - started, 3)}
     manifest = commit_artifact(
         out_dir,

@@ -1,0 +1,308 @@
+"""The transformers backend: batched generation and option scoring with plain PyTorch models.
+
+The CPU default behind `cai.models.backends.load_backend` (kind `transformers`, or `auto` without
+a GPU+vLLM). Imported lazily: torch and transformers load only when a backend is created.
+
+Throughput comes from batching: prompts are sorted by token length so each batch pads little,
+padded on the left (decoder-only models continue from the right edge), generated together, and
+put back in input order. `score_next_token` is a single forward pass per prompt, also batched.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.stopping_criteria import StopStringCriteria
+
+from cai.models.backends.base import Completion, Conversation, OptionTokenError, ProgressFn, SamplingParams
+from cai.models.resolve import resolve_model
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+def _pick_device(device: str | None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # bf16 matmuls on most CPUs are emulated and slower than fp32; fp32 also keeps scores exact.
+        return torch.float32
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, " + ", ".join(sorted(_DTYPES))) from None
+
+
+class _FinishTracker(StoppingCriteria):
+    """Stops a row on an EOS token or a stop string, and records the step at which it finished.
+
+    `generate` overwrites a finished row's later tokens with the pad token, which is often the EOS
+    token itself, so the finishing step is the only exact way to count generated tokens.
+    """
+
+    def __init__(self, prompt_len: int, batch: int, eos_ids: list[int], stop: StopStringCriteria | None,
+                 device: torch.device) -> None:
+        self.prompt_len = prompt_len
+        self.eos = torch.tensor(eos_ids, device=device)
+        self.stop = stop
+        self.finished_at = torch.full((batch,), -1, dtype=torch.long, device=device)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        done = torch.isin(input_ids[:, -1], self.eos)
+        if self.stop is not None:
+            done = done | self.stop(input_ids, scores)
+        step = input_ids.shape[1] - self.prompt_len - 1
+        self.finished_at = torch.where(done & (self.finished_at < 0), step, self.finished_at)
+        return done
+
+
+class TransformersBackend:
+    """`Backend` on a transformers `AutoModelForCausalLM` (see `base.Backend` for the contract)."""
+
+    name = "transformers"
+
+    def __init__(self, model: str, *, batch_size: int = 16, dtype: str = "auto", device: str | None = None) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.model = model
+        self.batch_size = batch_size
+        self.path = resolve_model(model)
+        self.device = _pick_device(device)
+        self.dtype = _pick_dtype(dtype, self.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "left"
+        self.lm = AutoModelForCausalLM.from_pretrained(self.path, dtype=self.dtype).to(self.device).eval()
+        self.pad_id: int = self.tokenizer.pad_token_id
+        eos = self.lm.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            eos_ids.add(self.tokenizer.eos_token_id)
+        self.eos_ids = sorted(eos_ids)
+        self.max_positions: int | None = getattr(self.lm.config, "max_position_embeddings", None)
+        self._option_ids: dict[str, int] = {}
+        log.info("Loaded %s from %s on %s (%s)", model, self.path, self.device, self.dtype)
+
+    # ------------------------------------------------------------------ prompts
+
+    def render_chat(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(
+            list(conversation), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def _encode(self, prompts: Sequence[str]) -> list[list[int]]:
+        # Rendered prompts already carry the template's special tokens: adding BOS again would
+        # change what the model sees relative to vLLM and the OpenAI-compatible servers.
+        ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
+        if self.max_positions:
+            for i, row in enumerate(ids):
+                if len(row) >= self.max_positions:
+                    raise ValueError(
+                        f"prompt {i} has {len(row)} tokens; {self.model} accepts at most {self.max_positions}"
+                    )
+        return ids
+
+    def _left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            if r:
+                input_ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+                mask[i, width - len(r):] = 1
+        return input_ids.to(self.device), mask.to(self.device)
+
+    def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Indices grouped into batches of similar length, longest first (memory peaks surface early)."""
+        order = sorted(range(len(lengths)), key=lambda k: (-lengths[k], k))
+        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    # ------------------------------------------------------------------ generation
+
+    def chat(self, conversations: Sequence[Conversation], params: SamplingParams, n: int = 1,
+             progress: ProgressFn | None = None) -> list[list[Completion]]:
+        return self.complete([self.render_chat(c) for c in conversations], params, n=n, progress=progress)
+
+    def complete(self, prompts: Sequence[str], params: SamplingParams, n: int = 1,
+                 progress: ProgressFn | None = None) -> list[list[Completion]]:
+        """`n` continuations per prompt, in input order.
+
+        `progress` receives the number of prompts whose `n` completions all finished since the last
+        call. Sampling is seeded: the same prompts, params and batch size give the same texts (the
+        batch a prompt lands in depends on the other prompts' lengths, so changing the prompt set
+        can change sampled, but never greedy, outputs).
+        """
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        encoded = self._encode(prompts)
+        results: list[list[Completion | None]] = [[None] * n for _ in encoded]
+        if not encoded:
+            return []
+        # Work items are (prompt, sample); the n samples of a prompt have equal length so they
+        # share a batch and pad nothing.
+        items = [(i, j) for i in range(len(encoded)) for j in range(n)]
+        remaining = [n] * len(encoded)
+        gen_config = self._generation_config(params)
+        for b, batch in enumerate(self._batches([len(encoded[i]) for i, _ in items])):
+            rows = [encoded[items[k][0]] for k in batch]
+            texts, counts = self._generate_batch(rows, params, gen_config, seed=params.seed * 1_000_003 + b)
+            done = 0
+            for k, text, count in zip(batch, texts, counts):
+                i, j = items[k]
+                results[i][j] = Completion(text=text, prompt_tokens=len(encoded[i]), completion_tokens=count)
+                remaining[i] -= 1
+                done += remaining[i] == 0
+            if progress and done:
+                progress(done)
+        return [[c for c in row if c is not None] for row in results]
+
+    def _generation_config(self, params: SamplingParams) -> GenerationConfig:
+        if params.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {params.max_new_tokens}")
+        sample = params.temperature > 0
+        # Everything SamplingParams controls is set explicitly, and top-k / repetition penalty are
+        # neutralised: transformers would otherwise fill in top_k=50 and the checkpoint's defaults,
+        # and vLLM/OpenAI results would not be comparable.
+        return GenerationConfig(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=sample,
+            temperature=params.temperature if sample else None,
+            top_p=params.top_p if sample else None,
+            top_k=0 if sample else None,
+            repetition_penalty=1.0,
+            num_beams=1,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
+            bos_token_id=self.lm.generation_config.bos_token_id,
+        )
+
+    @torch.inference_mode()
+    def _generate_batch(self, rows: list[list[int]], params: SamplingParams, gen_config: GenerationConfig,
+                        seed: int) -> tuple[list[str], list[int]]:
+        input_ids, mask = self._left_pad(rows)
+        width = input_ids.shape[1]
+        stop = StopStringCriteria(self.tokenizer, list(params.stop)) if params.stop else None
+        tracker = _FinishTracker(width, len(rows), self.eos_ids, stop, self.device)
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        # A private RNG stream per batch: reproducible, and the caller's global RNG is untouched.
+        with torch.random.fork_rng(devices=devices, device_type=self.device.type):
+            torch.manual_seed(seed % (2**63))
+            out = self.lm.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                generation_config=gen_config,
+                stopping_criteria=StoppingCriteriaList([tracker]),
+            )
+        new_tokens = out[:, width:].tolist()
+        finished_at = tracker.finished_at.tolist()
+        texts, counts = [], []
+        for tokens, fin in zip(new_tokens, finished_at):
+            count = fin + 1 if fin >= 0 else len(tokens)
+            kept = tokens[:count]
+            if kept and kept[-1] in self.eos_ids:
+                kept = kept[:-1]
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            texts.append(_cut_at_stop(text, params.stop))
+            counts.append(count)
+        return texts, counts
+
+    # ------------------------------------------------------------------ scoring
+
+    def option_token_ids(self, options: Sequence[str]) -> list[int]:
+        """The single token id scored for each option.
+
+        The option's own text is used when it is one token ("A"); otherwise the form with a leading
+        space (" A"), which is how a word-initial letter usually tokenizes after "The answer is:".
+        Callers that want the spaced form for a tokenizer where both are single tokens pass " A"
+        themselves. Raises `OptionTokenError` naming the option when neither form is one token, or
+        when two options map to the same token.
+        """
+        ids = []
+        for option in options:
+            if option not in self._option_ids:
+                self._option_ids[option] = self._single_token(option)
+            ids.append(self._option_ids[option])
+        seen: dict[int, str] = {}
+        for option, tid in zip(options, ids):
+            if tid in seen and seen[tid] != option:
+                raise OptionTokenError(f"options {seen[tid]!r} and {option!r} are the same token ({tid})")
+            seen[tid] = option
+        return ids
+
+    def _single_token(self, option: str) -> int:
+        if not option:
+            raise OptionTokenError("an option is the empty string")
+        forms = [option] if option.startswith(" ") else [option, " " + option]
+        for form in forms:
+            ids = self.tokenizer.encode(form, add_special_tokens=False)
+            # Round-trip check: a tokenizer that normalises text could map the form to a token
+            # that decodes to something else.
+            if len(ids) == 1 and self.tokenizer.decode(ids) == form:
+                return ids[0]
+        tried = " or ".join(repr(f) for f in forms)
+        raise OptionTokenError(f"option {option!r} is not a single token of {self.model}'s tokenizer (tried {tried})")
+
+    @torch.inference_mode()
+    def score_next_token(self, prompts: Sequence[str], options: Sequence[str],
+                         progress: ProgressFn | None = None) -> list[list[float]]:
+        """Log-softmax over the whole vocabulary at the next position, at each option's token.
+
+        See `option_token_ids` for how options map to tokens. One forward pass per prompt, batched
+        with left padding; position ids follow the attention mask so padding does not shift RoPE.
+        """
+        option_ids = torch.tensor(self.option_token_ids(options), device=self.device)
+        encoded = self._encode(prompts)
+        if any(len(r) == 0 for r in encoded):
+            raise ValueError("cannot score an empty prompt")
+        scores: list[list[float]] = [[] for _ in encoded]
+        for batch in self._batches([len(r) for r in encoded]):
+            input_ids, mask = self._left_pad([encoded[k] for k in batch])
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            # logits_to_keep=1: only the last position goes through the LM head (vocab x hidden).
+            logits = self.lm(
+                input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=1
+            ).logits[:, -1, :]
+            logprobs = torch.log_softmax(logits.float(), dim=-1)[:, option_ids].tolist()
+            for k, row in zip(batch, logprobs):
+                scores[k] = row
+            if progress:
+                progress(len(batch))
+        return scores
+
+    def close(self) -> None:
+        # Drop the references so the memory can go; callers may keep the backend object around.
+        for attr in ("lm", "tokenizer"):
+            if hasattr(self, attr):
+                delattr(self, attr)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return text if cut < 0 else text[:cut]
+
+
+def create(model: str, *, endpoint: str | None = None, batch_size: int = 16, dtype: str = "auto",
+           device: str | None = None) -> TransformersBackend:
+    """A transformers backend for `model` (any reference `cai.models.resolve.resolve_model` accepts)."""
+    if endpoint:
+        warnings.warn("the transformers backend runs the model in-process; ignoring endpoint", stacklevel=2)
+    return TransformersBackend(model, batch_size=batch_size, dtype=dtype, device=device)
