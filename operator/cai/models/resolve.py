@@ -44,7 +44,7 @@ SMOLLM2_UPSTREAM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # Written last inside a prepared builtin directory. Bump a recipe number when its preparation
 # changes: caches prepared by an older recipe are rebuilt on next use.
 MARKER = "cai-prepared.json"
-_RECIPES = {"smollm2-135m-instruct": 2, "tiny-random": 2}
+_RECIPES = {"smollm2-135m-instruct": 2, "tiny-random": 3}
 # Kept next to a copied s3/file model: where it came from and each file's sha256/size/mtime.
 SOURCE_RECORD = ".cai-source.json"
 MANIFEST = "manifest.json"
@@ -331,7 +331,12 @@ TINY_RANDOM_SEED = 0
 
 def tiny_random_config() -> Any:
     """2 layers, hidden 64, 4 heads (2 KV heads, so grouped-query attention is exercised), SmolLM2's
-    vocabulary and special-token ids so its tokenizer and chat template apply unchanged."""
+    vocabulary and special-token ids so its tokenizer and chat template apply unchanged.
+
+    initializer_range 0.3 (not the usual 0.02): with tied embeddings and tiny weights the next token
+    is just the most self-similar embedding, so every prompt greedily decodes to the same "\n\n\n...";
+    larger weights make outputs depend on the prompt and keep top-2 logit gaps (>1e-3) far above
+    batching noise, so order and padding tests on this model mean something."""
     from transformers import LlamaConfig
 
     return LlamaConfig(
@@ -344,6 +349,7 @@ def tiny_random_config() -> Any:
         head_dim=16,
         max_position_embeddings=8192,
         rms_norm_eps=1e-5,
+        initializer_range=0.3,
         rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
         tie_word_embeddings=True,
         bos_token_id=1,
@@ -502,10 +508,10 @@ def _cached_copy_matches(dest: Path, uri: str, remote: dict[str, dict[str, Any]]
             return False
         if "sha256" in want and have.get("sha256") != want["sha256"]:
             return False
-        if st.st_size != have.get("bytes") or st.st_mtime_ns != have.get("mtime_ns"):
-            # Touched since we wrote it: trust only a fresh hash.
-            if sha256_file(local) != have.get("sha256"):
-                return False
+        touched = st.st_size != have.get("bytes") or st.st_mtime_ns != have.get("mtime_ns")
+        # Touched since we wrote it: trust only a fresh hash.
+        if touched and sha256_file(local) != have.get("sha256"):
+            return False
     return True
 
 

@@ -16,8 +16,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, StoppingCriteria, StoppingCriteriaList
-from transformers.generation.stopping_criteria import StopStringCriteria
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from cai.models.backends.base import Completion, Conversation, OptionTokenError, ProgressFn, SamplingParams
 from cai.models.resolve import resolve_model
@@ -53,21 +58,31 @@ class _FinishTracker(StoppingCriteria):
     """Stops a row on an EOS token or a stop string, and records the step at which it finished.
 
     `generate` overwrites a finished row's later tokens with the pad token, which is often the EOS
-    token itself, so the finishing step is the only exact way to count generated tokens.
+    token itself, so the finishing step is the only exact way to count generated tokens. Stop
+    strings are matched in the generated text only (as vLLM and OpenAI servers do), not across the
+    prompt boundary as transformers' own StopStringCriteria would; only the last few tokens are
+    decoded each step, enough to contain the longest stop string.
     """
 
-    def __init__(self, prompt_len: int, batch: int, eos_ids: list[int], stop: StopStringCriteria | None,
+    def __init__(self, tokenizer: Any, prompt_len: int, batch: int, eos_ids: list[int], stop: Sequence[str],
                  device: torch.device) -> None:
+        self.tokenizer = tokenizer
         self.prompt_len = prompt_len
         self.eos = torch.tensor(eos_ids, device=device)
-        self.stop = stop
+        self.stop = [s for s in stop if s]
+        # Every token decodes to at least one character except special ones (skipped anyway), so
+        # this many tokens cover the longest stop string plus a partial token on either side.
+        self.window = max((len(s) for s in self.stop), default=0) + 2
         self.finished_at = torch.full((batch,), -1, dtype=torch.long, device=device)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         done = torch.isin(input_ids[:, -1], self.eos)
-        if self.stop is not None:
-            done = done | self.stop(input_ids, scores)
         step = input_ids.shape[1] - self.prompt_len - 1
+        if self.stop:
+            start = max(self.prompt_len, input_ids.shape[1] - self.window)
+            tails = self.tokenizer.batch_decode(input_ids[:, start:].tolist(), skip_special_tokens=True)
+            hits = [any(s in tail for s in self.stop) for tail in tails]
+            done = done | torch.tensor(hits, device=done.device)
         self.finished_at = torch.where(done & (self.finished_at < 0), step, self.finished_at)
         return done
 
@@ -198,8 +213,7 @@ class TransformersBackend:
                         seed: int) -> tuple[list[str], list[int]]:
         input_ids, mask = self._left_pad(rows)
         width = input_ids.shape[1]
-        stop = StopStringCriteria(self.tokenizer, list(params.stop)) if params.stop else None
-        tracker = _FinishTracker(width, len(rows), self.eos_ids, stop, self.device)
+        tracker = _FinishTracker(self.tokenizer, width, len(rows), self.eos_ids, params.stop, self.device)
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         # A private RNG stream per batch: reproducible, and the caller's global RNG is untouched.
         with torch.random.fork_rng(devices=devices, device_type=self.device.type):
