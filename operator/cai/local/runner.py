@@ -58,7 +58,8 @@ def _run_stage_process(stage_spec, progress: Progress | None, tail: deque[str]) 
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix=f"cai-{stage_spec.stage}-", delete=False) as f:
         f.write(stage_spec.model_dump_json(by_alias=True))
         spec_file = f.name
-    env = {**os.environ, "CAI_PROGRESS": "json" if progress is not None else "log", "PYTHONUNBUFFERED": "1"}
+    # rich bars replace tqdm bars; plain log lines otherwise.
+    env = {**os.environ, "CAI_PROGRESS": "json" if progress is not None else "log", "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
     tasks: dict[str, int] = {}
     try:
         proc = subprocess.Popen(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.text import Text
 from rich.table import Table
 
 from ..api.manifest import Resource
@@ -17,26 +18,31 @@ def _summary(res: Resource) -> tuple[str, str, str]:
     return (c.status, c.reason, c.message) if c else ("Unknown", "NotStarted", "")
 
 
-def render_table(resources: list[Resource]) -> Table:
-    table = Table(title="cai resources", show_lines=False)
-    for col in ("KIND", "NAME", "CONDITION", "REASON", "STAGES", "OUTPUTS / METRICS"):
+def render_table(resources: list[Resource]) -> Group:
+    """One row per resource, then each resource's outputs and headline metrics (long URIs stay readable)."""
+    table = Table(title="cai resources")
+    for col in ("KIND", "NAME", "CONDITION", "REASON", "STAGES"):
         table.add_column(col, overflow="fold")
+    details: list[Text] = []
     for res in resources:
         value, reason, message = _summary(res)
-        cond = f"{res.info.summary_condition}={value}"
         stages = " ".join(
             f"{s.name}{'✓' if s.completion_time else '…'}" for s in (getattr(res.status, "stages", None) or [])
         )
-        detail = []
+        table.add_row(res.kind, res.name, f"{res.info.summary_condition}={value}", reason, stages)
+        lines = []
+        if value == "False" and message:
+            lines.append(f"  error: {message}")
         outputs = getattr(res.status, "outputs", None)
         if outputs is not None:
-            detail += [f"{k}: {v}" for k, v in outputs.to_wire().items()]
+            lines += [f"  {k}: {v}" for k, v in outputs.to_wire().items()]
         metrics = getattr(res.status, "metrics", None) or {}
-        detail += [f"{k}={v:g}" for k, v in sorted(metrics.items()) if not k.endswith("Seconds")]
-        if value == "False" and message:
-            detail.insert(0, f"[red]{message}[/red]")
-        table.add_row(res.kind, res.name, cond, reason, stages, "\n".join(detail))
-    return table
+        shown = [f"{k}={v:g}" for k, v in sorted(metrics.items()) if not k.endswith("Seconds")]
+        if shown:
+            lines.append("  metrics: " + ", ".join(shown))
+        if lines:
+            details.append(Text(f"{res.display}\n" + "\n".join(lines)))
+    return Group(table, *details)
 
 
 def print_status(store: str, as_json: bool = False) -> int:

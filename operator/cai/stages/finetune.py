@@ -75,7 +75,7 @@ def run(ctx: StageContext) -> StageResult:
         gradient_accumulation_steps=ft.gradient_accumulation_steps,
         max_length=ft.max_length,
         lr_scheduler_type="cosine",
-        warmup_ratio=0.03,
+        warmup_steps=0.03,  # a float below 1 is a ratio of total steps
         completion_only_loss=True,
     )
     guard = nan_guard()
