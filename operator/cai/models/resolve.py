@@ -162,6 +162,7 @@ def _build_atomically(dest: Path, build: Callable[[Path], None], ready: Callable
         for stale in dest.parent.glob(f".{dest.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+        log.info("Building %s in %s (pid %d)", dest, tmp.name, os.getpid())
         try:
             build(tmp)
             _make_readable(tmp)
