@@ -24,7 +24,8 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from cai.models.backends.base import Completion, Conversation, OptionTokenError, ProgressFn, SamplingParams
+from cai.models.backends.base import Completion, Conversation, ProgressFn, SamplingParams
+from cai.models.backends.option_tokens import option_token_ids
 from cai.models.resolve import resolve_model
 
 log = logging.getLogger(__name__)
@@ -240,38 +241,13 @@ class TransformersBackend:
     # ------------------------------------------------------------------ scoring
 
     def option_token_ids(self, options: Sequence[str]) -> list[int]:
-        """The single token id scored for each option.
-
-        The option's own text is used when it is one token ("A"); otherwise the form with a leading
-        space (" A"), which is how a word-initial letter usually tokenizes after "The answer is:".
-        Callers that want the spaced form for a tokenizer where both are single tokens pass " A"
-        themselves. Raises `OptionTokenError` naming the option when neither form is one token, or
-        when two options map to the same token.
+        """The single token id scored for each option (rule shared by all backends, see
+        `option_tokens.single_token_id`): the option's own text when it is one token ("A"), else
+        the form with a leading space (" A"). Callers wanting the spaced form where both are single
+        tokens pass " A" themselves. Raises `OptionTokenError` naming the option when neither form
+        is one token, or when two options map to the same token.
         """
-        ids = []
-        for option in options:
-            if option not in self._option_ids:
-                self._option_ids[option] = self._single_token(option)
-            ids.append(self._option_ids[option])
-        seen: dict[int, str] = {}
-        for option, tid in zip(options, ids):
-            if tid in seen and seen[tid] != option:
-                raise OptionTokenError(f"options {seen[tid]!r} and {option!r} are the same token ({tid})")
-            seen[tid] = option
-        return ids
-
-    def _single_token(self, option: str) -> int:
-        if not option:
-            raise OptionTokenError("an option is the empty string")
-        forms = [option] if option.startswith(" ") else [option, " " + option]
-        for form in forms:
-            ids = self.tokenizer.encode(form, add_special_tokens=False)
-            # Round-trip check: a tokenizer that normalises text could map the form to a token
-            # that decodes to something else.
-            if len(ids) == 1 and self.tokenizer.decode(ids) == form:
-                return ids[0]
-        tried = " or ".join(repr(f) for f in forms)
-        raise OptionTokenError(f"option {option!r} is not a single token of {self.model}'s tokenizer (tried {tried})")
+        return option_token_ids(self.tokenizer, options, self.model, cache=self._option_ids)
 
     @torch.inference_mode()
     def score_next_token(self, prompts: Sequence[str], options: Sequence[str],
