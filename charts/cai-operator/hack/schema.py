@@ -58,8 +58,8 @@ SCHEMA = {
     "additionalProperties": False,
     "properties": {
         "replicaCount": {"type": "integer", "minimum": 1, "maximum": 5, "description":
-                         "Operator replicas. With more than one, kopf peering keeps exactly one active; "
-                         "one replica runs with --standalone (no peering)."},
+                         "Operator replicas. They elect a leader on a Lease in the release namespace: one "
+                         "reconciles, the others keep their caches warm and take over within seconds."},
         "image": obj("The operator image (images/operator.Dockerfile: slim, no torch).", {
             **image("")["properties"],
             "pullPolicy": {"type": "string", "enum": ["Always", "IfNotPresent", "Never"],
@@ -73,7 +73,7 @@ SCHEMA = {
                               maxLength=52, pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$"),
         "crds": obj("The CustomResourceDefinitions.", {
             "enabled": {"type": "boolean", "description":
-                        "Install and upgrade the cai.dev CRDs (and kopf's peering CRDs) with the release. "
+                        "Install and upgrade the cai.dev CRDs with the release. "
                         "They carry helm.sh/resource-policy=keep: `helm uninstall` never deletes them, "
                         "so runs and constitutions survive. Disable when CRDs are managed elsewhere."},
         }),
@@ -89,7 +89,7 @@ SCHEMA = {
                             "release namespace (rbac.scope=namespaced).",
                             "items": {"type": "string", "pattern": DNS_LABEL}},
         "serviceAccount": obj("The operator's ServiceAccount.", {
-            "create": {"type": "boolean", "description": "Create it."},
+            "create": {"type": "boolean", "description": "Create the ServiceAccount."},
             "name": s("Its name; empty means the release's full name (required when create is false).",
                       pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$", maxLength=253),
             "annotations": string_map("Annotations, e.g. eks.amazonaws.com/role-arn for IRSA."),
@@ -97,6 +97,8 @@ SCHEMA = {
         "stages": obj("The stage Jobs the operator creates for each run.", {
             "image": image("Image of CPU stage pods (images/trainer.Dockerfile)."),
             "gpuImage": image("Image of stage pods that request GPUs (images/trainer-gpu.Dockerfile)."),
+            "imagePullPolicy": {"type": "string", "enum": ["Always", "IfNotPresent", "Never"],
+                                "description": "Image pull policy of stage pods."},
             "images": obj("Per-stage image overrides (full image references), e.g. "
                           "{finetune: registry.example.com/trainer:tag}.",
                           {name: s(f"Image of the {name} stage.", minLength=1, pattern=IMAGE_REF)
@@ -159,19 +161,19 @@ SCHEMA = {
             "port": {"type": "integer", "minimum": 1024, "maximum": 65535,
                      "description": "Port of /metrics (non-root: above 1023)."},
             "service": obj("The metrics Service.", {
-                "enabled": {"type": "boolean", "description": "Create it."},
+                "enabled": {"type": "boolean", "description": "Create the metrics Service."},
                 "type": {"type": "string", "enum": ["ClusterIP", "NodePort", "LoadBalancer"],
                          "description": "Service type."},
                 "annotations": string_map("Annotations, e.g. prometheus.io/scrape for annotation-based discovery."),
             }),
             "serviceMonitor": obj("A prometheus-operator ServiceMonitor (needs its CRDs).", {
-                "enabled": {"type": "boolean", "description": "Create it."},
+                "enabled": {"type": "boolean", "description": "Create a ServiceMonitor for the metrics Service (needs prometheus-operator's CRDs)."},
                 "interval": s("Scrape interval.", pattern=PROM_DURATION),
                 "scrapeTimeout": s("Scrape timeout.", pattern=PROM_DURATION),
                 "labels": string_map("Extra labels (e.g. the release label your Prometheus selects)."),
             }),
             "prometheusRule": obj("A prometheus-operator PrometheusRule with the operator's alerts.", {
-                "enabled": {"type": "boolean", "description": "Create it."},
+                "enabled": {"type": "boolean", "description": "Create the PrometheusRule with the operator's alerts (needs prometheus-operator's CRDs)."},
                 "labels": string_map("Extra labels of the PrometheusRule object."),
                 "stageStuckAfter": s("A stage Job running longer than this fires CaiStageStuck.",
                                      pattern=PROM_DURATION),
@@ -183,7 +185,7 @@ SCHEMA = {
                 "additionalAlertLabels": string_map("Extra labels on every alert."),
             }),
             "dashboard": obj("The Grafana dashboard ConfigMap.", {
-                "enabled": {"type": "boolean", "description": "Create it."},
+                "enabled": {"type": "boolean", "description": "Create the ConfigMap holding the Grafana dashboard."},
                 "namespace": s("Its namespace (where Grafana's sidecar looks); empty: the release namespace.",
                                pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$"),
                 "labels": string_map("Labels the Grafana sidecar selects dashboards by."),

