@@ -124,7 +124,13 @@ def prepare_cli(refs: Sequence[str]) -> int:
     status = 0
     for ref in refs or [DEFAULT_MODEL]:
         try:
-            path = resolve_model(ref)
+            parsed = parse_model_ref(ref)
+            if parsed.scheme == "builtin" and not _prepared(builtin_dir(parsed.target), parsed.target):
+                print(f"preparing {ref} into {builtin_dir(parsed.target)} (once)",
+                      file=sys.stderr, flush=True)
+            elif parsed.is_remote:
+                print(f"fetching {ref} ...", file=sys.stderr, flush=True)
+            path = resolve_model(parsed)
         except (ValueError, ModelResolveError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             status = 1
