@@ -1,0 +1,390 @@
+"""The reconcile worker: key off the queue → observe → pure reconcile → apply through `kube`.
+
+Where it sits: `handlers` feed the queue and hand over kopf's indexes; this module reads those indexes
+(runs, Constitutions, stage Jobs), asks `kube` only for what `reconcile` says it needs (a manifest, the
+frozen plan, pods' termination messages, the namespace's `cai-storage`), applies the outcome in order
+(create children → patch Jobs → write status → post events → record metrics), and requeues.
+
+Errors are classified like kopf's: a spec problem is permanent (InvalidSpec, no retry until the spec
+changes), waiting is temporary (requeue after a delay and on the dependency's own change), API failures
+are retried with exponential backoff per key. Status is written only when it changed, through the status
+subresource, with a resourceVersion precondition: a reconcile that raced a newer event loses cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..api.base import API_VERSION
+from ..api.common import now_rfc3339
+from ..api.kinds import KINDS
+from ..api.manifest import Resource, parse_resource
+from . import metrics
+from .builders import build_event, configmap_name, involved_object
+from .config import OperatorConfig
+from .kube import ApiError, KubeClient
+from .leader import LeaderElector
+from .merge import merge_patch
+from .observed import MISSING, STORAGE_CONFIGMAP, FrozenPlan, JobObs, Need, Observed, Outcome
+from .reconcile import (
+    Context,
+    invalid_outcome,
+    is_terminal,
+    reconcile_constitution,
+    reconcile_run,
+    run_state,
+    spec_problems,
+)
+from .workqueue import WorkQueue
+
+log = logging.getLogger("cai.controller")
+
+Key = tuple[str, str, str]  # (kind, namespace, name)
+INDEX_OF_KIND = {kind: f"{info.plural}_idx" for kind, info in KINDS.items()}
+JOBS_INDEX = "stage_jobs_idx"
+STORAGE_CACHE_SECONDS = 2.0  # many runs created at once in one namespace share one GET of cai-storage
+MAX_NEED_ROUNDS = 6
+
+
+def snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the run indexes keep of an object: identity, spec, status (no managedFields, no annotations)."""
+    meta = body.get("metadata") or {}
+    return {
+        "apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+        "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation", "resourceVersion",
+                                               "deletionTimestamp", "labels")},
+        "spec": body.get("spec"), "status": body.get("status"),
+    }
+
+
+def parse(doc: Mapping[str, Any]) -> tuple[Resource | None, Any, list[str]]:
+    """(resource without status problems, typed status, spec problems) of an index snapshot."""
+    info = KINDS[doc["kind"]]
+    res, problems = parse_resource({k: v for k, v in doc.items() if k != "status"}, "cluster")
+    raw_status = doc.get("status") or {}
+    try:
+        status = info.status.model_validate(raw_status, by_name=False)
+    except ValueError:
+        # Status written by an older operator or by hand: start over from what the Jobs say.
+        log.warning("%s/%s: unreadable status, rebuilding it", doc["kind"], doc["metadata"]["name"])
+        status = info.status()
+    if res is not None:
+        res.status = status
+    return res, status, [f"{p.path}: {p.message}" for p in problems]
+
+
+class Controller:
+    def __init__(self, config: OperatorConfig, kube: KubeClient, *, standalone: bool = False):
+        self.config, self.kube = config, kube
+        self.queue: WorkQueue[Key] = WorkQueue()
+        self.indexes: dict[str, Any] = {}
+        self.standalone = standalone
+        self.elector: LeaderElector | None = None
+        self._storage_cache: dict[str, tuple[float, Any]] = {}
+        self._tasks: list[asyncio.Task] = []
+        self.ready = False
+        self.started_at = time.monotonic()
+
+    # ---- lifecycle
+
+    @property
+    def acting(self) -> bool:
+        return self.standalone or (self.elector is not None and self.elector.leading)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for i in range(self.config.workers):
+            self._tasks.append(loop.create_task(self._worker(), name=f"cai-worker-{i}"))
+        if self.standalone or not self.config.leader_election:
+            self.standalone = True
+            metrics.LEADER.set(1)
+        else:
+            self.elector = LeaderElector(
+                self.kube, name=self.config.lease_name, namespace=self.config.lease_namespace,
+                identity=self.config.identity, duration=self.config.lease_duration_seconds,
+                renew_every=self.config.lease_renew_seconds, on_change=self._leadership_changed)
+            self._tasks.append(loop.create_task(self.elector.run(), name="cai-leader-election"))
+        self.ready = True
+
+    async def stop(self) -> None:
+        if self.elector is not None:
+            await self.elector.release()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        self.queue.close()
+        await self.kube.close()
+
+    def _leadership_changed(self, leading: bool) -> None:
+        metrics.LEADER.set(1 if leading else 0)
+        if leading:  # take over: everything may have moved while we were following
+            self.add_all()
+
+    def alive(self) -> tuple[bool, str]:
+        dead = [t.get_name() for t in self._tasks if t.done()]
+        if dead:
+            return False, f"background tasks stopped: {', '.join(dead)}"
+        return True, "ok"
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self.ready:
+            return False, "starting"
+        role = "leader" if self.acting else "standby"
+        return True, f"ready ({role}, {len(self.queue)} queued)"
+
+    # ---- indexes and keys
+
+    def bind_indexes(self, kwargs: Mapping[str, Any]) -> None:
+        for name in (*INDEX_OF_KIND.values(), JOBS_INDEX):
+            if name not in self.indexes and name in kwargs:
+                self.indexes[name] = kwargs[name]
+
+    def body(self, key: Key) -> dict[str, Any] | None:
+        kind, namespace, name = key
+        index = self.indexes.get(INDEX_OF_KIND[kind])
+        if index is None:
+            return None
+        store = index.get((namespace, name))
+        return next(iter(store), None) if store else None
+
+    def lookup_in(self, namespace: str):
+        def lookup(kind: str, name: str) -> Resource | None:
+            doc = self.body((kind, namespace, name))
+            if doc is None:
+                return None
+            res, _, _ = parse(doc)
+            return res
+        return lookup
+
+    def resources(self, kinds: Iterable[str] = KINDS) -> Iterable[dict[str, Any]]:
+        for kind in kinds:
+            index = self.indexes.get(INDEX_OF_KIND[kind])
+            if index is None:
+                continue
+            for store in list(index.values()):
+                yield from list(store)
+
+    def jobs_of(self, namespace: str, uid: str) -> dict[str, JobObs]:
+        index = self.indexes.get(JOBS_INDEX)
+        store = index.get((namespace, uid)) if index is not None else None
+        return {j.stage: j for j in store or ()}
+
+    def add(self, key: Key) -> None:
+        self.queue.add(key)
+        metrics.QUEUE_DEPTH.set(len(self.queue))
+
+    def add_all(self) -> None:
+        for doc in self.resources():
+            self.add((doc["kind"], doc["metadata"]["namespace"], doc["metadata"]["name"]))
+
+    def poke_dependents(self, kind: str, namespace: str, name: str) -> None:
+        """Queue the runs of `namespace` that reference (kind, name): read from raw specs, no parsing."""
+        for doc in self.resources([k for k, i in KINDS.items() if i.is_run]):
+            if doc["metadata"]["namespace"] == namespace and (kind, name) in raw_references(doc):
+                self.add((doc["kind"], namespace, doc["metadata"]["name"]))
+
+    def state_snapshot(self) -> list[tuple[str, str, str, str, dict[str, float]]]:
+        rows = []
+        for doc in self.resources():
+            info = KINDS[doc["kind"]]
+            status = doc.get("status") or {}
+            summary = next((c for c in status.get("conditions") or [] if c.get("type") == info.summary_condition), None)
+            state = run_state(info, (summary.get("status", ""), summary.get("reason", "")) if summary else None)
+            rows.append((doc["kind"], doc["metadata"]["namespace"], doc["metadata"]["name"], state,
+                         dict(status.get("metrics") or {})))
+        return rows
+
+    # ---- the worker
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            metrics.QUEUE_DEPTH.set(len(self.queue))
+            try:
+                await self._process(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s %s/%s: reconcile failed unexpectedly", *key)
+                metrics.RECONCILE_TOTAL.labels(kind=key[0], result="error").inc()
+                self.queue.add_rate_limited(key)
+            finally:
+                self.queue.done(key)
+
+    async def _process(self, key: Key) -> None:
+        kind = key[0]
+        if not self.acting:
+            metrics.RECONCILE_TOTAL.labels(kind=kind, result="skipped").inc()
+            return
+        doc = self.body(key)
+        if doc is None or doc["metadata"].get("deletionTimestamp"):
+            self.queue.cancel(key)  # gone (or going): its children go with it through ownerReferences
+            return
+        started = time.perf_counter()
+        try:
+            result = await self.reconcile(doc)
+        except ApiError as e:
+            result = "error"
+            delay = self.queue.add_rate_limited(key)
+            log.warning("%s %s/%s: %s (retry in %.1fs)", *key, e, delay)
+        finally:
+            metrics.RECONCILE_DURATION.labels(kind=kind).observe(time.perf_counter() - started)
+        metrics.RECONCILE_TOTAL.labels(kind=kind, result=result).inc()
+
+    async def reconcile(self, doc: dict[str, Any]) -> str:
+        """One reconcile of one object; returns the result label (ok, requeue, conflict)."""
+        info = KINDS[doc["kind"]]
+        meta = doc["metadata"]
+        key: Key = (doc["kind"], meta["namespace"], meta["name"])
+        res, status, problems = parse(doc)
+        if res is None:
+            outcome = invalid_outcome(info, status, int(meta.get("generation") or 1), problems or ["spec: cannot be read"])
+            return await self.apply(key, doc, None, outcome)
+        if not info.is_run:
+            return await self.apply(key, doc, res, reconcile_constitution(res, problems))
+        ctx = Context(config=self.config, lookup=self.lookup_in(res.namespace))
+        obs = Observed(now=time.time(), jobs=self.jobs_of(res.namespace, res.uid))
+        if not is_terminal(info, status) and not obs.jobs and not status.stages:
+            obs.problems = problems + spec_problems(res)
+        for _ in range(MAX_NEED_ROUNDS):
+            decision = reconcile_run(res, obs, ctx)
+            if isinstance(decision, Need):
+                await self.fetch(res, decision, obs)
+                continue
+            result = await self.apply(key, doc, res, decision)
+            if result != "replan":
+                return result
+            # Our ConfigMap was already there (an attempt that died before writing status): its plan is
+            # the frozen one, so decide again with it rather than with the plan made just now.
+            await self.fetch(res, Need(plan=True), obs)
+        raise RuntimeError(f"reconcile of {res.display} kept asking for more: {decision}")
+
+    async def fetch(self, res: Resource, need: Need, obs: Observed) -> None:
+        """Fill `obs` with exactly what reconcile asked for."""
+        if need.storage_configmap:
+            obs.storage_configmap = await self._storage_configmap(res.namespace)
+        if need.plan:
+            cm = await self.kube.get("v1", "ConfigMap", res.namespace, configmap_name(res))
+            obs.plan = FrozenPlan.from_configmap_data(cm.get("data") or {}) if cm and _owned_by(cm, res.uid) else MISSING
+        for uri in need.manifests:
+            obs.manifests[uri] = await _read_manifest(uri)
+        for job in need.pod_messages:
+            obs.pod_messages[job] = await self._pod_message(res.namespace, job)
+
+    async def _storage_configmap(self, namespace: str) -> Any:
+        cached = self._storage_cache.get(namespace)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < STORAGE_CACHE_SECONDS:
+            return cached[1]
+        cm = await self.kube.get("v1", "ConfigMap", namespace, STORAGE_CONFIGMAP)
+        value = (cm.get("data") or {}) if cm is not None else MISSING
+        self._storage_cache[namespace] = (now, value)
+        return value
+
+    async def _pod_message(self, namespace: str, job: str) -> str:
+        """The termination message of the Job's most recent failed pod ('' when none says anything)."""
+        pods = await self.kube.list("v1", "Pod", namespace, f"batch.kubernetes.io/job-name={job}")
+        best: tuple[str, str] = ("", "")
+        for pod in pods:
+            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+                term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+                if term and term.get("exitCode", 0) != 0:
+                    finished = term.get("finishedAt") or ""
+                    text = (term.get("message") or "").strip() or f"exit code {term.get('exitCode')} ({term.get('reason', 'Error')})"
+                    if finished >= best[0]:
+                        best = (finished, f"{pod['metadata']['name']}: {text}")
+        return best[1]
+
+    # ---- applying an outcome
+
+    async def apply(self, key: Key, doc: dict[str, Any], res: Resource | None, out: Outcome) -> str:
+        meta = doc["metadata"]
+        namespace = meta["namespace"]
+        involved = {"apiVersion": API_VERSION, "kind": key[0], "name": meta["name"], "namespace": namespace,
+                    "uid": meta["uid"]} if res is None else involved_object(res)
+        created_events: list[tuple[str, str, str]] = []
+        for obj in out.creates:
+            created, _ = await self.kube.create(obj)
+            kind, name = obj["kind"], obj["metadata"]["name"]
+            if created:
+                log.info("Created %s %s/%s", kind, namespace, name)
+                if kind == "Job":
+                    metrics.JOBS_CREATED.labels(kind=key[0], stage=obj["metadata"]["labels"]["cai.dev/stage"]).inc()
+                    created_events.append(("Normal", "JobCreated", f"Created Job {name}"))
+            elif kind in ("Job", "ConfigMap"):
+                existing = await self.kube.get(obj["apiVersion"], kind, namespace, name)
+                if existing is not None and not _owned_by(existing, meta["uid"]):
+                    # An older run of the same name whose children are still being garbage-collected.
+                    log.info("%s %s/%s belongs to another object; waiting for it to go", kind, namespace, name)
+                    self.queue.add_after(key, 5.0)
+                    return "requeue"
+                if kind == "ConfigMap" and existing is not None and existing.get("data") != obj["data"]:
+                    return "replan"
+        for job, patch in out.job_patches:
+            await self.kube.patch("batch/v1", "Job", namespace, job, patch)
+            log.info("Patched Job %s/%s: %s", namespace, job, patch)
+        new_status = out.status.to_wire()
+        old_status = doc.get("status") or {}
+        patch = merge_patch(old_status, new_status)
+        result = "ok"
+        if patch:
+            written = await self.kube.patch_status(key[0], namespace, meta["name"], meta["resourceVersion"], patch)
+            if not written:
+                # Someone (our own previous write, usually) moved the object on: a newer event follows.
+                self.queue.add_after(key, 1.0)
+                for event in created_events:
+                    await self._event(involved, *event)
+                return "conflict"
+        for event in created_events:
+            await self._event(involved, *event)
+        for event in out.events:
+            await self._event(involved, event.type, event.reason, event.message)
+        for obs in out.observations:
+            metrics.record(obs.metric, obs.labels, obs.value)
+        if out.poke_dependents:
+            self.poke_dependents(key[0], namespace, meta["name"])
+        self.queue.forget(key)
+        if out.requeue_after is not None:
+            self.queue.add_after(key, out.requeue_after)
+        return result
+
+    async def _event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        log.info("%s/%s: %s %s: %s", involved["kind"], involved["name"], type_, reason, message)
+        await self.kube.post_event(build_event(involved, type_, reason, message, now_rfc3339(), self.config.identity))
+
+
+def raw_references(doc: Mapping[str, Any]) -> set[tuple[str, str]]:
+    """(kind, name) a run's raw spec refers to (the fields `pipeline.plan.references` reads, unparsed)."""
+    spec = doc.get("spec") or {}
+    refs = set()
+    for field, kind in (("constitutionRef", "Constitution"), ("rewardModelRef", "PreferenceModel")):
+        name = (spec.get(field) or {}).get("name")
+        if name:
+            refs.add((kind, name))
+    name = ((spec.get("policy") or {}).get("critiqueRunRef") or {}).get("name")
+    if name:
+        refs.add(("CritiqueRun", name))
+    return refs
+
+
+def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    return any(o.get("uid") == uid for o in (obj.get("metadata") or {}).get("ownerReferences") or [])
+
+
+async def _read_manifest(uri: str) -> dict[str, Any] | None:
+    """The stage's manifest (metrics), read with the operator's own store credentials; None if unreadable."""
+    from ..store import read_manifest
+
+    try:
+        return await asyncio.to_thread(read_manifest, uri)
+    except Exception as e:  # metrics are a bonus: a missing or unreadable manifest never blocks a run
+        log.warning("could not read manifest of %s: %s: %s", uri, type(e).__name__, e)
+        return None
+
+
+__all__ = ["Controller", "parse", "raw_references", "snapshot"]

@@ -1,0 +1,55 @@
+"""`cai operator`: run the controller with kopf against the cluster of a kubeconfig or in-cluster.
+
+Where it sits: `cli.py` parses the flags and calls `run_operator(args)`; this module reads the operator
+config from the environment, points kopf at the namespaces to watch and runs it until SIGTERM/SIGINT,
+after which kopf runs the cleanup handler (stop workers, release the leader Lease).
+
+kopf's own peering is off (standalone): two replicas coordinate through a Lease (`leader.py`) instead,
+which needs no extra CRDs. `--standalone` also switches the Lease off (one replica, tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+import kopf
+
+from .config import ConfigError, OperatorConfig
+
+
+def run_operator(args: argparse.Namespace) -> int:
+    level = os.environ.get("CAI_LOG_LEVEL", "INFO").upper()
+    kopf.configure(verbose=level == "DEBUG", log_format=kopf.LogFormat.PLAIN)
+    logging.getLogger().setLevel(level)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if args.kubeconfig:
+        if not os.path.exists(args.kubeconfig):
+            print(f"error: --kubeconfig {args.kubeconfig}: file not found", file=sys.stderr)
+            return 2
+        os.environ["KUBECONFIG"] = os.path.abspath(args.kubeconfig)
+    try:
+        config = OperatorConfig.from_env(metrics_port=args.metrics_port, health_port=args.health_port,
+                                         **({"leader_election": False} if args.standalone else {}))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    namespaces = tuple(args.namespace or ()) or config.watch_namespaces
+
+    from . import handlers  # noqa: F401  (registers the handlers with kopf's default registry)
+
+    memo = kopf.Memo(config=config, standalone=args.standalone)
+    try:
+        asyncio.run(kopf.operator(
+            standalone=True,  # no kopf peering: the Lease decides who acts (see leader.py)
+            clusterwide=not namespaces,
+            namespaces=list(namespaces),
+            memo=memo,
+        ))
+    except kopf.LoginError as e:
+        print(f"error: cannot log in to the cluster: {e}", file=sys.stderr)
+        return 1
+    return 0
