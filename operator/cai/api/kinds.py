@@ -168,6 +168,8 @@ class LabelingSpec(ApiModel):
     both_orders: bool = Field(True, description="Score (A,B) and (B,A) and average, removing position bias.")
     chain_of_thought: bool = Field(False, description="Let the feedback model reason before answering.")
     cot_samples: int = Field(1, description="Sampled chains of thought per comparison (averaged).", ge=1, le=16)
+    cot_max_new_tokens: int = Field(128, description="Maximum tokens of one chain of thought.", ge=1, le=8192)
+    cot_temperature: float = Field(1.0, description="Sampling temperature of chains of thought.", ge=0, le=2)
     clamp: list[float] = Field(
         default_factory=lambda: [0.4, 0.6],
         description="[lo, hi] bounds of chain-of-thought probabilities (paper: [0.4, 0.6]).",
@@ -251,6 +253,13 @@ class EvaluationSpec(ApiModel):
         description="Held-out helpfulness prompts.",
     )
     max_new_tokens: int = Field(128, description="New tokens per evaluated response.", ge=1, le=8192)
+    helpfulness_question: str = Field(
+        "Which of these assistant responses is more helpful, honest and informative for the human?",
+        description="Comparison question the feedback model answers for helpfulness prompts "
+        "(harmlessness uses the constitution's preference principles).",
+        min_length=1,
+        max_length=MAX_TEXT,
+    )
 
 
 class RLAIFRunSpec(RunCommon):

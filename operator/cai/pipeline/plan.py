@@ -52,6 +52,14 @@ STAGE_OUTPUTS = {
     "train-policy": "model",
     "evaluate": "report",
 }
+# Stages whose status output names one file of the artifact rather than the directory.
+STAGE_OUTPUT_FILES = {"evaluate": "report.html"}
+
+
+def published_output(stage: str, output: str) -> str:
+    """What status.outputs shows for a stage's artifact `output` (e.g. the report.html inside it)."""
+    name = STAGE_OUTPUT_FILES.get(stage)
+    return f"{output.rstrip('/')}/{name}" if name else output
 
 
 def _require(lookup: Lookup, kind: str, name: str, ready: str, who: str) -> Resource | Blocked:
@@ -150,7 +158,7 @@ def _feedback_default(lookup: Lookup, pm: Resource) -> str:
 
 
 def _plan(stages: list[StageSpec], digest: str | None) -> Plan:
-    return Plan(stages=stages, outputs={STAGE_OUTPUTS[s.stage]: s.output for s in stages}, constitution_digest=digest)
+    return Plan(stages=stages, outputs={STAGE_OUTPUTS[s.stage]: published_output(s.stage, s.output) for s in stages}, constitution_digest=digest)
 
 
 def references(res: Resource) -> list[tuple[str, str, str]]:

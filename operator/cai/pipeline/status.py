@@ -14,7 +14,7 @@ from typing import Any
 from ..api.common import StageStatus, now_rfc3339
 from ..api.kinds import ConstitutionStatus, KindInfo, PrincipleCounts, StageInfo
 from .conditions import set_condition
-from .plan import STAGE_OUTPUTS, Blocked, constitution_digest
+from .plan import STAGE_OUTPUTS, Blocked, constitution_digest, published_output
 
 
 def _camel(stage: str) -> str:
@@ -64,7 +64,7 @@ def mark_stage_succeeded(info: KindInfo, status, stage: StageInfo, output_uri: s
                          generation: int) -> None:
     entry = stage_entry(status, stage.name)
     entry.completion_time = entry.completion_time or now_rfc3339()
-    setattr(status.outputs, _output_attr(stage.name), output_uri)
+    setattr(status.outputs, _output_attr(stage.name), published_output(stage.name, output_uri))
     status.metrics = {**status.metrics, **status_metrics(stage.name, metrics)}
     set_condition(status, stage.condition, "True", "StageSucceeded", f"wrote {output_uri}", generation)
 

@@ -1,0 +1,80 @@
+"""`cai report NAME`: the evaluation summary of an RLAIFRun run locally (`cai run`), as a table.
+
+Reads the run's stored status (`cai.local.state`), follows `status.outputs.report` to the
+evaluate artifact and prints its `summary.json` (win rates with CIs, preference-model accuracy and
+calibration, RL reward/KL) plus the path of report.html. No torch import.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ..pipeline.conditions import get_condition
+from ..store import filesystem, local_path
+from ..store.fs import normalize
+from . import state
+
+PAIRS = {"rl_vs_sl": "RL-CAI vs SL-CAI", "rl_vs_start": "RL-CAI vs start", "sl_vs_start": "SL-CAI vs start"}
+SETS = {"harmless": "harmless (red-team)", "helpful": "helpful"}
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    return f"{x:.{digits}f}" if isinstance(x, (int, float)) and math.isfinite(x) else "n/a"
+
+
+def load_summary(report_uri: str) -> dict[str, Any] | None:
+    base = report_uri.rsplit("/", 1)[0] if report_uri.endswith(".html") else report_uri.rstrip("/")
+    fs, path = filesystem(base + "/summary.json")
+    try:
+        with fs.open(path, "r", encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    """Win rates (soft, with bootstrap CI; hard, with Wilson CI), then PM and RL figures."""
+    table = Table(title=f"RL-CAI evaluation: {summary.get('name', '')}")
+    for col in ("prompts", "comparison", "n", "win rate", "95% CI", "hard win rate"):
+        table.add_column(col, justify="right" if col not in ("prompts", "comparison") else "left")
+    for s, pairs in (summary.get("winRates") or {}).items():
+        for p, wr in pairs.items():
+            table.add_row(SETS.get(s, s), PAIRS.get(p, p), str(wr.get("n", "")), _f(wr.get("winRate")),
+                          f"[{_f(wr.get('ciLow'))}, {_f(wr.get('ciHigh'))}]", _f(wr.get("hardWinRate")))
+    pm, rl = summary.get("preferenceModel") or {}, summary.get("rl") or {}
+    table.add_section()
+    table.add_row("preference model", "held-out accuracy", str(pm.get("heldOut", "")), _f(pm.get("heldOutAccuracy")), "", "")
+    table.add_row("preference model", "calibration error (ECE)", "", _f(pm.get("calibrationError")), "", "")
+    table.add_row("RL", f"reward ({rl.get('algorithm', '')}) first → last", str(rl.get("steps", "")),
+                  f"{_f(rl.get('rewardFirst'))} → {_f(rl.get('rewardMean'))}", "", "")
+    table.add_row("RL", "KL to start (last quarter)", "", _f(rl.get("kl"), 4), "", "")
+    return table
+
+
+def print_report(store: str, name: str, namespace: str = "default") -> int:
+    store = normalize(store)
+    res = state.stored_resource(store, "RLAIFRun", namespace, name)
+    if res is None:
+        print(f"error: no RLAIFRun {namespace}/{name} in {store} (run it with `cai run` first)", file=sys.stderr)
+        return 1
+    report = res.status.outputs.report if res.status is not None else None
+    if not report:
+        cond = get_condition(res.status, "Succeeded") if res.status is not None else None
+        why = f" ({cond.reason}: {cond.message})" if cond is not None and cond.message else ""
+        print(f"error: RLAIFRun {name} has no report yet{why}", file=sys.stderr)
+        return 1
+    summary = load_summary(report)
+    if summary is None:
+        print(f"error: {report}: summary.json not found next to the report", file=sys.stderr)
+        return 1
+    console = Console()
+    console.print(summary_table(summary))
+    lp = local_path(report)
+    console.print(f"report: {lp if lp is not None else report}", highlight=False, soft_wrap=True)
+    return 0

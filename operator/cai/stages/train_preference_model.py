@@ -1,0 +1,358 @@
+"""Stage `train-preference-model` (RL-CAI, DESIGN §1 items 8 and 10): a reward model trained on the
+AI-labelled comparisons with the soft-label loss
+
+    L = -( p · log σ(rA − rB) + (1 − p) · log σ(rB − rA) )
+
+where p = pA is the feedback model's probability that responseA is better.
+
+Why a RewardTrainer subclass: TRL 1.16's `RewardTrainer` hard-codes the Bradley-Terry loss on
+(chosen, rejected) pairs, `-log σ(r_chosen − r_rejected)` (optionally minus a margin), and ignores
+`compute_loss_func`; a margin cannot express a soft target. Everything else it does is what we
+want — `AutoModelForSequenceClassification` with one output, chosen/rejected batching into one
+forward pass, dropout disabled, DeepSpeed/accelerate, checkpoints. So `SoftLabelRewardTrainer`
+keeps all of it, feeds responseA as "chosen" and responseB as "rejected" with a per-row `p`
+column, and overrides only `compute_loss`. With p ∈ {0, 1} the loss is exactly TRL's.
+`softLabels: false` rounds p to {0, 1} (exact ties are dropped) to compare with the paper's hard labels.
+
+Texts are tokenized the way TRL's RLOO/GRPO trainers will score completions later (chat template of
+[user prompt, assistant response], no extra special tokens), so the PM sees the same text at
+training and at RL time. Before loading any weights: labels are validated, and the PM base's
+tokenizer must equal the policy's (the RL trainers decode policy tokens to text and re-tokenize it
+for the PM; a different vocabulary would make the rewards meaningless for the policy's outputs).
+
+Outputs: the Hugging Face model dir (+ tokenizer, model card), `heldout_predictions.jsonl`
+(rA, rB, σ(rA−rB), pA per held-out comparison, read by `evaluate` for the reliability diagram),
+`loss_curve.json`, `training_log.json`. Metrics: heldOutAccuracy, calibrationError (ECE, 10 bins),
+comparisons, losses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+from ..constitution.feedback import label_problem
+from ..models.resolve import resolve_model
+from .runtime import StageContext, StageError, StageResult
+from .sample_pairs import _read_jsonl, write_jsonl
+from .training import (
+    common_args,
+    deepspeed_config,
+    is_main_process,
+    last_checkpoint,
+    loss_curve,
+    nan_guard,
+    raise_if_nan,
+    write_model_card,
+)
+
+ECE_BINS = 10
+
+
+# --- pure helpers (no torch) ----------------------------------------------------------------------
+
+
+def load_comparisons(path: Path) -> list[dict[str, Any]]:
+    """Comparison rows with validated labels (StageError naming the first bad row)."""
+    rows = _read_jsonl(path)
+    if not rows:
+        raise StageError(f"{path.name} has no comparisons")
+    for n, r in enumerate(rows):
+        missing = [k for k in ("prompt", "responseA", "responseB") if not isinstance(r.get(k), str)]
+        if missing:
+            raise StageError(f"{path.name} line {n + 1}: missing {', '.join(missing)}")
+        problem = label_problem(r.get("pA"))
+        if problem:
+            raise StageError(f"{path.name} line {n + 1} (comparison {r.get('id', n)}): label pA is {problem}; "
+                             "labels must be finite probabilities in [0, 1]")
+    return rows
+
+
+def training_targets(rows: list[dict[str, Any]], soft: bool) -> tuple[list[dict[str, Any]], int]:
+    """(rows with a `p` target, ties dropped). Hard labels round pA to {0, 1}; an exact 0.5 has
+    no hard label and is dropped."""
+    out, ties = [], 0
+    for r in rows:
+        p = float(r["pA"])
+        if not soft:
+            if p == 0.5:
+                ties += 1
+                continue
+            p = 1.0 if p > 0.5 else 0.0
+        out.append({**r, "p": p})
+    return out, ties
+
+
+def split_held_out(rows: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, held out): a seeded shuffle, held out by prompt so the two responses to one prompt
+    never sit on both sides (pairs of one prompt share their prompt text)."""
+    if fraction <= 0:
+        return list(rows), []
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(str(r.get("promptId", r.get("id"))), []).append(r)
+    keys = sorted(groups)
+    random.Random(f"{seed}:held-out").shuffle(keys)
+    n_held = max(1, round(len(keys) * fraction)) if len(keys) > 1 else 0
+    held_keys = set(keys[:n_held])
+    train = [r for k in sorted(groups) if k not in held_keys for r in groups[k]]
+    held = [r for k in sorted(groups) if k in held_keys for r in groups[k]]
+    return train, held
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def accuracy(predictions: list[dict[str, float]]) -> float | None:
+    """Agreement of sign(rA − rB) with the label's side (pA > 0.5); comparisons labelled exactly 0.5
+    have no side and are left out."""
+    decided = [p for p in predictions if p["pA"] != 0.5]
+    if not decided:
+        return None
+    return sum((p["rA"] > p["rB"]) == (p["pA"] > 0.5) for p in decided) / len(decided)
+
+
+def reliability(predictions: list[dict[str, float]], bins: int = ECE_BINS) -> list[dict[str, float]]:
+    """Reliability-diagram bins of q = σ(rA − rB) against y = 1[pA > 0.5]: per bin the count, mean q,
+    observed frequency of y and mean soft label pA."""
+    out = []
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        members = [p for p in predictions if lo <= p["q"] < hi or (b == bins - 1 and p["q"] == 1.0)]
+        if members:
+            out.append({
+                "lo": lo, "hi": hi, "count": len(members),
+                "confidence": sum(p["q"] for p in members) / len(members),
+                "frequency": sum(p["pA"] > 0.5 for p in members) / len(members),
+                "meanLabel": sum(p["pA"] for p in members) / len(members),
+            })
+    return out
+
+
+def expected_calibration_error(predictions: list[dict[str, float]], bins: int = ECE_BINS) -> float | None:
+    """ECE = Σ_bins (n_b / n) · |mean q − frequency of pA > 0.5| over 10 equal-width bins of q."""
+    if not predictions:
+        return None
+    return sum(b["count"] * abs(b["confidence"] - b["frequency"]) for b in reliability(predictions, bins)) / len(predictions)
+
+
+def soft_label_loss(reward_a, reward_b, p):
+    """The soft-label preference loss (DESIGN §1.10), mean over the batch (torch tensors)."""
+    import torch.nn.functional as F
+
+    margin = reward_a - reward_b
+    return -(p * F.logsigmoid(margin) + (1 - p) * F.logsigmoid(-margin)).mean()
+
+
+def same_vocabulary(tok_a, tok_b) -> bool:
+    return tok_a.get_vocab() == tok_b.get_vocab()
+
+
+# --- trainer ---------------------------------------------------------------------------------------
+
+
+def _soft_label_trainer_class():
+    """Built lazily: TRL/torch load only when the stage runs."""
+    import torch
+    from trl import RewardTrainer
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    class SoftLabelCollator(DataCollatorForPreference):
+        """TRL's preference collator (A rows then B rows, right-padded) plus the soft target `p`."""
+
+        def torch_call(self, examples):
+            out = super().torch_call(examples)
+            out["p"] = torch.tensor([float(e["p"]) for e in examples], dtype=torch.float32)
+            return out
+
+    class SoftLabelRewardTrainer(RewardTrainer):
+        """RewardTrainer with the soft-label loss; see the module docstring."""
+
+        def _set_signature_columns_if_needed(self):
+            if self._signature_columns is None:
+                self._signature_columns = ["chosen_ids", "rejected_ids", "p"]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            mode = "train" if self.model.training else "eval"
+            p = inputs.pop("p")
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+            rewards_a, rewards_b = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+            loss = soft_label_loss(rewards_a, rewards_b, p.to(rewards_a.dtype))
+            if self.args.center_rewards_coefficient is not None:
+                loss = loss + self.args.center_rewards_coefficient * torch.mean((rewards_a + rewards_b) ** 2)
+            with torch.no_grad():
+                agree = ((rewards_a > rewards_b) == (p > 0.5)).float()[p != 0.5]
+                if agree.numel():
+                    self._metrics[mode]["accuracy"].append(self.accelerator.gather_for_metrics(agree.mean()).mean().item())
+                margin = self.accelerator.gather_for_metrics((rewards_a - rewards_b).mean()).mean().item()
+                self._metrics[mode]["margin"].append(margin)
+                self._metrics[mode]["mean_reward"].append(self.accelerator.gather(outputs.logits).mean().item())
+            return (loss, outputs) if return_outputs else loss
+
+    return SoftLabelRewardTrainer, SoftLabelCollator
+
+
+def tokenize_rows(rows: list[dict[str, Any]], tokenizer) -> list[dict[str, Any]]:
+    """chosen_ids/rejected_ids = responseA/responseB as [user prompt, assistant response] chats,
+    rendered exactly as TRL's online trainers render (prompt + completion) for reward models."""
+    from trl.data_utils import apply_chat_template
+
+    def ids(prompt: str, response: str) -> list[int]:
+        text = apply_chat_template({"messages": [{"role": "user", "content": prompt},
+                                                 {"role": "assistant", "content": response}]}, tokenizer)["text"]
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    return [{"chosen_ids": ids(r["prompt"], r["responseA"]), "rejected_ids": ids(r["prompt"], r["responseB"]),
+             "p": r["p"]} for r in rows]
+
+
+def predict(model, tokenizer, rows: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
+    """rA, rB and q = σ(rA − rB) for each row (inference, right padding like training)."""
+    import torch
+
+    tokenized = tokenize_rows([{**r, "p": r.get("p", r["pA"])} for r in rows], tokenizer)
+    seqs = [t["chosen_ids"] for t in tokenized] + [t["rejected_ids"] for t in tokenized]
+    scores: list[float] = []
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.inference_mode():
+        for i in range(0, len(seqs), batch_size):
+            batch = seqs[i:i + batch_size]
+            width = max(len(s) for s in batch)
+            ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for k, s in enumerate(batch):
+                ids[k, :len(s)] = torch.tensor(s)
+                mask[k, :len(s)] = 1
+            scores += model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].float().tolist()
+    n = len(rows)
+    return [{"id": r.get("id"), "rA": scores[k], "rB": scores[n + k], "q": sigmoid(scores[k] - scores[n + k]),
+             "pA": float(r["pA"])} for k, r in enumerate(rows)]
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def check_tokenizers(base_ref: str, base_tok, policy_ref: str, policy_tok, what: str) -> None:
+    if not same_vocabulary(base_tok, policy_tok):
+        raise StageError(
+            f"the {what} {base_ref} has a different tokenizer than the policy {policy_ref} "
+            f"(vocabulary sizes {len(base_tok)} and {len(policy_tok)}, or different tokens): the RL trainer "
+            "re-tokenizes the policy's text for the preference model, so both must share one vocabulary. "
+            "Set spec.training.baseModel to a model of the policy's family."
+        )
+
+
+def run(ctx: StageContext) -> StageResult:
+    import datasets
+    import torch
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardConfig
+
+    spec = ctx.run_spec
+    tr = spec.training
+    ds_config = deepspeed_config(tr.deepspeed, "spec.training.deepspeed")
+    rows = load_comparisons(ctx.input_dir("comparisons") / "comparisons.jsonl")
+    targets, ties = training_targets(rows, spec.labeling.soft_labels)
+    if not targets:
+        raise StageError("no comparisons left to train on (every hard label was an exact tie)")
+    train_rows, held_rows = split_held_out(targets, tr.held_out_fraction, spec.seed)
+
+    base_ref, policy_ref = ctx.model("base"), ctx.model("policy")
+    base_dir = resolve_model(base_ref)
+    tokenizer = load_tokenizer(base_dir)
+    if policy_ref != base_ref:
+        check_tokenizers(base_ref, tokenizer, policy_ref, load_tokenizer(resolve_model(policy_ref)),
+                         "preference model base")
+    if not tokenizer.chat_template:
+        raise StageError(f"model {base_ref} has no chat template; the preference model scores chat transcripts")
+    ctx.log(f"{len(train_rows)} training / {len(held_rows)} held-out comparisons, "
+            f"{'soft' if spec.labeling.soft_labels else 'hard'} labels, base {base_ref}")
+
+    torch.manual_seed(spec.seed)  # the reward head is initialised at random
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base_dir, num_labels=1, dtype=torch.float32 if not torch.cuda.is_available() else "auto")
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+    trainer_cls, collator_cls = _soft_label_trainer_class()
+    checkpoints = ctx.work_dir / "checkpoints"
+    config = RewardConfig(
+        **common_args(checkpoints, spec.seed, ds_config),
+        num_train_epochs=tr.epochs,
+        learning_rate=tr.learning_rate,
+        per_device_train_batch_size=tr.batch_size,
+        gradient_accumulation_steps=tr.gradient_accumulation_steps,
+        max_length=tr.max_length,
+        lr_scheduler_type="linear",
+        warmup_steps=0.05,  # a float below 1 is a ratio of the total steps (transformers 5)
+    )
+    train_data = tokenize_rows(train_rows, tokenizer)
+    too_long = sum(max(len(t["chosen_ids"]), len(t["rejected_ids"])) > tr.max_length for t in train_data)
+    if too_long == len(train_data):
+        raise StageError(f"every training comparison is longer than spec.training.maxLength={tr.max_length} tokens")
+    guard = nan_guard()
+    trainer = trainer_cls(
+        model=model,
+        args=config,
+        train_dataset=datasets.Dataset.from_list(train_data),
+        processing_class=tokenizer,
+        data_collator=collator_cls(pad_token_id=tokenizer.pad_token_id),
+        callbacks=[guard],
+    )
+    resume = last_checkpoint(checkpoints)
+    if resume:
+        ctx.log(f"resuming from {resume}")
+    result = trainer.train(resume_from_checkpoint=resume)
+    raise_if_nan(guard, checkpoints)
+    curve = loss_curve(trainer.state.log_history)
+
+    trained = trainer.model
+    held_pred = predict(trained, tokenizer, held_rows, batch_size=max(2, tr.batch_size * 2)) if held_rows else []
+    train_pred = predict(trained, tokenizer, train_rows[:256], batch_size=max(2, tr.batch_size * 2))
+    held_acc = accuracy(held_pred)
+    ece = expected_calibration_error(held_pred)
+    if is_main_process():
+        trained.save_pretrained(ctx.out_dir, safe_serialization=True)
+        tokenizer.save_pretrained(ctx.out_dir)
+        write_jsonl(ctx.out_dir / "heldout_predictions.jsonl", held_pred)
+        (ctx.out_dir / "loss_curve.json").write_text(json.dumps(curve, indent=1))
+        (ctx.out_dir / "training_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        write_model_card(ctx.out_dir, title="RL-CAI preference model", base_model=base_ref,
+                         stage="train-preference-model", details={
+                             "comparisons (train / held out)": f"{len(train_rows)} / {len(held_rows)}",
+                             "labels": "soft (feedback-model probabilities)" if spec.labeling.soft_labels else "hard (0/1)",
+                             "loss": "-(p·log σ(rA−rB) + (1−p)·log σ(rB−rA))",
+                             "epochs": tr.epochs, "learning rate": tr.learning_rate,
+                             "held-out accuracy": f"{held_acc:.3f}" if held_acc is not None else "n/a",
+                             "ECE (10 bins)": f"{ece:.3f}" if ece is not None else "n/a",
+                         })
+    metrics: dict[str, Any] = {
+        "comparisons": len(rows),
+        "trainComparisons": len(train_rows),
+        "heldOutComparisons": len(held_rows),
+        "tooLongDropped": too_long,
+        "tiesDropped": ties,
+        "softLabels": spec.labeling.soft_labels,
+        "trainSteps": trainer.state.global_step,
+        "trainLoss": round(float(result.training_loss), 6),
+        "firstLoss": curve[0]["loss"] if curve else None,
+        "finalLoss": curve[-1]["loss"] if curve else None,
+    }
+    train_acc = accuracy(train_pred)
+    if train_acc is not None:
+        metrics["trainAccuracy"] = round(train_acc, 6)
+    if held_acc is not None:
+        metrics["heldOutAccuracy"] = round(held_acc, 6)
+    if ece is not None:
+        metrics["calibrationError"] = round(ece, 6)
+    return StageResult(kind="model", metrics={k: v for k, v in metrics.items() if v is not None})
