@@ -12,8 +12,9 @@ What ``up`` starts (each its own process, logs in ``<root>/logs/<name>.log``):
   ``system:masters``, and the controller-manager, scheduler and kwok identities), RBAC+Node authorization,
   service-account issuer and keys -- the flags envtest uses;
 * kube-controller-manager with the job, cronjob, garbage-collector, namespace, serviceaccount,
-  serviceaccount-token, ttl-after-finished, replicaset, deployment, statefulset, podgc and
-  root-ca-cert-publisher controllers (no node-lifecycle controller, so hand-made Nodes stay Ready);
+  serviceaccount-token, ttl-after-finished, replicaset, deployment, statefulset, pod-garbage-collector,
+  root-ca-certificate-publisher and clusterrole-aggregation controllers (no node-lifecycle controller,
+  so hand-made Nodes stay Ready);
 * kube-scheduler;
 * kwok, managing only Nodes annotated ``kwok.x-k8s.io/node=fake`` (one is created: ``kwok-node-0``), with
   its default stages: pods become Running, Job pods Succeeded. Other Nodes (``create_node``, e.g. the e2e
@@ -56,10 +57,11 @@ KWOK_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 S3_REGION = "us-east-1"
 S3_BUCKET = "cai-test"
 K8S_COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
-CONTROLLERS = (
+CONTROLLERS = tuple(f"{c}-controller" for c in (
     "job", "cronjob", "garbage-collector", "namespace", "serviceaccount", "serviceaccount-token",
-    "ttl-after-finished", "replicaset", "deployment", "statefulset", "podgc", "root-ca-cert-publisher",
-)
+    "ttl-after-finished", "replicaset", "deployment", "statefulset", "pod-garbage-collector",
+    "root-ca-certificate-publisher", "clusterrole-aggregation",
+))
 DEFAULT_CAPACITY = {
     "cpu": "32", "memory": "256Gi", "pods": "110", "ephemeral-storage": "1Ti", "nvidia.com/gpu": "8",
 }
@@ -354,20 +356,10 @@ class KubeCluster:
         ann = {**(annotations or {})}
         if kwok:
             ann[KWOK_ANNOTATION[0]] = KWOK_ANNOTATION[1]
-        node = {
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "annotations": ann, "labels": {
-                "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-                "type": "kwok" if kwok else "local", **(labels or {})}},
-            "spec": {"taints": taints or []},
-        }
-        code, body = self.request("POST", "/api/v1/nodes", node)
-        if code not in (201, 409):
-            raise ClusterError(f"creating node {name}: HTTP {code}: {body}")
+        status: dict[str, Any] = {"capacity": cap, "allocatable": cap}
         if not kwok:
-            now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            status = {"status": {
-                "capacity": cap, "allocatable": cap,
+            now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            status.update({
                 "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
                                 "message": "test node (no kubelet; a test fixture runs its pods)",
                                 "lastHeartbeatTime": now, "lastTransitionTime": now}],
@@ -376,13 +368,21 @@ class KubeCluster:
                 "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux",
                              "kubeletVersion": "v1.34.10", "kubeProxyVersion": "",
                              "containerRuntimeVersion": "local://", "osImage": "", "kernelVersion": "",
-                             "machineID": "", "systemUUID": "", "bootID": ""}}}
-        else:
-            status = {"status": {"capacity": cap, "allocatable": cap}}
-        code, body = self.request("PATCH", f"/api/v1/nodes/{name}/status", status,
-                                  content_type="application/merge-patch+json")
-        if code != 200:
-            raise ClusterError(f"setting status of node {name}: HTTP {code}: {body}")
+                             "machineID": "", "systemUUID": "", "bootID": ""}})
+        node = {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "annotations": ann, "labels": {
+                "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                "type": "kwok" if kwok else "local", **(labels or {})}},
+            "spec": {"taints": taints or []},
+            "status": status,  # Nodes take their status on create (as a kubelet registers)
+        }
+        code, body = self.request("POST", "/api/v1/nodes", node)
+        if code == 409 and not kwok:  # already there: make sure it is Ready again
+            code, body = self.request("PATCH", f"/api/v1/nodes/{name}/status", {"status": status},
+                                      content_type="application/merge-patch+json")
+        if code not in (200, 201, 409):
+            raise ClusterError(f"creating node {name}: HTTP {code}: {body}")
         return body
 
     def delete_node(self, name: str) -> None:
@@ -712,6 +712,15 @@ def up(root: Path = DEFAULT_ROOT, bin_dir: Path | None = None, *, timeout: float
             f"--service-account-signing-key-file={pki['sa_key']}",
             "--authorization-mode=Node,RBAC", f"--token-auth-file={root / 'pki' / 'tokens.csv'}",
             "--allow-privileged=true", "--profiling=false", "--enable-priority-and-fairness=false",
+            # Endpoints may not hold a loopback address; the `kubernetes` Service just has none.
+            "--endpoint-reconciler-type=none",
+            # no node-lifecycle controller here to lift the not-ready taint this plugin puts on new Nodes
+            "--disable-admission-plugins=TaintNodesByCondition",
+            # fills kube-system/extension-apiserver-authentication, which the controller-manager and
+            # scheduler read for their own (delegated) authentication
+            f"--requestheader-client-ca-file={pki['ca']}", "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
         ])
         minio = start("minio", [
             b("minio"), "server", f"--address=127.0.0.1:{port['minio']}",

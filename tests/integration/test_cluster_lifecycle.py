@@ -75,9 +75,11 @@ def test_cli_up_status_down(tmp_path):
         sourced = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
         assert sourced.stdout.split() == [env["AWS_ENDPOINT_URL"], env["CAI_S3_BUCKET"]]
 
-        # TLS with our CA, token auth: no token -> 401, a wrong one -> 401, the admin's -> 200
+        # TLS with our CA, token auth + RBAC: no token -> anonymous, forbidden; a wrong one -> 401;
+        # the admin's -> 200
         ctx = ssl.create_default_context(cafile=cluster.state["ca_file"])
-        assert cp.http("GET", server + "/api/v1/namespaces", ca=Path(cluster.state["ca_file"]))[0] == 401
+        code, body = cp.http("GET", server + "/api/v1/namespaces", ca=Path(cluster.state["ca_file"]))
+        assert code == 403 and b"system:anonymous" in body, body
         assert cp.http("GET", server + "/api/v1/namespaces", token="nope",
                        ca=Path(cluster.state["ca_file"]))[0] == 401
         req = urllib.request.Request(server + "/api/v1/namespaces", headers={"Authorization": f"Bearer {token}"})
