@@ -16,23 +16,21 @@ NICE="${NICE:-nice -n 10}"
 
 K8S_VERSION=v1.34.10      # keep in step with go.mod
 HELM_VERSION=v3.19.5
-ETCD_VERSION=v3.6.4
+ETCD_VERSION=v3.6.4      # informational: etcd comes from go.mod (the version k8s 1.34 uses)
 
-key_inputs() {
-  cat "$here/build.sh" "$here/go.mod" "$here/go.sum" "$here/kwok/go.mod" "$here/kwok/go.sum" \
-      "$here/minio/go.mod" "$here/minio/go.sum"
-  "$GO" env GOVERSION GOARCH GOOS
-}
-key="k8s-${K8S_VERSION}-$(key_inputs | sha256sum | cut -c1-12)"
-cache_root="${CAI_CLUSTER_CACHE:-$HOME/.cache/cai-cluster}"
-dest="$cache_root/$key/bin"
-mkdir -p "$dest" "$repo/.cache/cluster"
-
-k8s_ldflags="-s -w"
+k8s_ldflags=""
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   k8s_ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=34"
   k8s_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
+
+# MinIO's version stamp, from its pseudo-version in minio/go.mod (commit time and hash)
+minio_pv="$(awk '{for (i = 1; i < NF; i++) if ($i == "github.com/minio/minio") print $(i + 1)}' "$here/minio/go.mod")"
+minio_ts="$(cut -d- -f2 <<<"$minio_pv")"; minio_commit="$(cut -d- -f3 <<<"$minio_pv")"
+minio_time="${minio_ts:0:4}-${minio_ts:4:2}-${minio_ts:6:2}T${minio_ts:8:2}:${minio_ts:10:2}:${minio_ts:12:2}Z"
+minio_ldflags="-X github.com/minio/minio/cmd.Version=$minio_time"
+minio_ldflags+=" -X github.com/minio/minio/cmd.ReleaseTag=DEVELOPMENT.${minio_time//:/-}"
+minio_ldflags+=" -X github.com/minio/minio/cmd.CommitID=$minio_commit -X github.com/minio/minio/cmd.ShortCommitID=$minio_commit"
 
 # name | module dir | package | extra ldflags
 targets=(
@@ -43,8 +41,20 @@ targets=(
   "kubectl|.|k8s.io/kubernetes/cmd/kubectl|$k8s_ldflags"
   "helm|.|helm.sh/helm/v3/cmd/helm|-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
   "kwok|kwok|sigs.k8s.io/kwok/cmd/kwok|"
-  "minio|minio|github.com/minio/minio|"
+  "minio|minio|github.com/minio/minio|$minio_ldflags"
 )
+
+# The cache key: everything that decides what the binaries are (pins, build flags, Go), not comments.
+key_inputs() {
+  cat "$here/go.mod" "$here/go.sum" "$here/kwok/go.mod" "$here/kwok/go.sum" \
+      "$here/minio/go.mod" "$here/minio/go.sum"
+  printf '%s\n' "${targets[@]}" "$CGO_ENABLED"
+  "$GO" env GOVERSION GOARCH GOOS
+}
+key="k8s-${K8S_VERSION}-$(key_inputs | sha256sum | cut -c1-12)"
+cache_root="${CAI_CLUSTER_CACHE:-$HOME/.cache/cai-cluster}"
+dest="$cache_root/$key/bin"
+mkdir -p "$dest" "$repo/.cache/cluster"
 
 built=0
 for t in "${targets[@]}"; do
@@ -52,8 +62,10 @@ for t in "${targets[@]}"; do
   [[ -x "$dest/$name" ]] && continue
   echo ">> building $name ($pkg) into $dest"
   start=$SECONDS
-  (cd "$here/$dir" && $NICE "$GO" build -trimpath -ldflags="-s -w $extra" -o "$dest/.$name.tmp" "$pkg")
-  mv -f "$dest/.$name.tmp" "$dest/$name"
+  tmp="$dest/.$name.$$.tmp"  # several builds at once each link their own file; the last rename wins
+  (cd "$here/$dir" && $NICE "$GO" build -trimpath -ldflags="-s -w $extra" -o "$tmp" "$pkg") \
+    || { rm -f "$tmp"; exit 1; }
+  mv -f "$tmp" "$dest/$name"
   echo ">> $name built in $((SECONDS - start))s"
   built=1
 done

@@ -358,7 +358,7 @@ class KubeCluster:
             ann[KWOK_ANNOTATION[0]] = KWOK_ANNOTATION[1]
         status: dict[str, Any] = {"capacity": cap, "allocatable": cap}
         if not kwok:
-            now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             status.update({
                 "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
                                 "message": "test node (no kubelet; a test fixture runs its pods)",
@@ -621,7 +621,24 @@ class Cluster:
 def up(root: Path = DEFAULT_ROOT, bin_dir: Path | None = None, *, timeout: float = 90.0,
        reuse: bool = True, die_with_parent: bool = False, owner: str = "make",
        log: Callable[[str], None] = lambda m: None) -> Cluster:
-    """Start everything under `root` (or return the healthy cluster already there when `reuse`)."""
+    """Start everything under `root` (or return the healthy cluster already there when `reuse`).
+
+    Ports are picked free just before the start; if another process takes one in between (the
+    component then fails with "address already in use"), the start is tried once more on new ports.
+    """
+    for attempt in (1, 2):
+        try:
+            return _up_once(root, bin_dir, timeout=timeout, reuse=reuse, die_with_parent=die_with_parent,
+                            owner=owner, log=log)
+        except ClusterError as e:
+            if attempt == 2 or "address already in use" not in str(e):
+                raise
+            log(f"a port was taken during start-up, retrying: {str(e).splitlines()[0]}")
+    raise AssertionError("unreachable")
+
+
+def _up_once(root: Path, bin_dir: Path | None, *, timeout: float, reuse: bool, die_with_parent: bool,
+             owner: str, log: Callable[[str], None]) -> Cluster:
     root = Path(root).resolve()
     bin_dir = Path(bin_dir or bin_dir_default())
     t0 = time.monotonic()

@@ -128,3 +128,35 @@ def test_failing_component_shows_its_log_tail(tmp_path):
     assert {"etcd", "kube-apiserver"} <= {r["name"] for r in started}
     assert not any(cp.proc_alive(r) for r in started), "components left running after a failed start"
     cp.down(root)
+
+
+def test_port_taken_during_start_is_retried(tmp_path, monkeypatch):
+    """Ports are picked free then bound by the components; if something takes one in between, `up`
+    starts again on new ports instead of failing the session."""
+    import socket
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    real, calls = cp.free_ports, []
+
+    def free_ports(n):
+        ports = real(n)
+        calls.append(n)
+        if len(calls) == 1:
+            ports[0] = taken  # etcd's client port, already listened on
+        return ports
+
+    monkeypatch.setattr(cp, "free_ports", free_ports)
+    messages = []
+    root = tmp_path / "cluster"
+    try:
+        cluster = cp.up(root, reuse=False, die_with_parent=True, log=messages.append)
+        assert cluster.healthy()
+        assert cluster.state["ports"]["etcd"] != taken
+        assert any(m.startswith("a port was taken") and "etcd exited" in m for m in messages), messages
+        assert len(calls) == 2
+    finally:
+        cp.down(root)
+        squatter.close()
