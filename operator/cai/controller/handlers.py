@@ -46,6 +46,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logg
     # Server-side filter: only stage Jobs reach the operator, not every Job in the cluster.
     settings.watching.label_selectors["batch", "v1", "jobs"] = LABEL_RUN
     settings.networking.request_timeout = 60
+    # Serve the resources and namespaces known at start-up: no cluster-wide watch of CRDs and Namespaces
+    # (two permissions fewer, docs/rbac.md). Install the CRDs before the operator, as the chart does.
+    settings.scanning.disabled = True
     kube = KubeClient(login=_async_login(settings))
     controller = Controller(config, kube, standalone=bool(memo.get("standalone")) or not config.leader_election)
     memo["controller"] = controller

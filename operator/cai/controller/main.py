@@ -23,9 +23,12 @@ from .config import ConfigError, OperatorConfig
 
 def run_operator(args: argparse.Namespace) -> int:
     level = os.environ.get("CAI_LOG_LEVEL", "INFO").upper()
-    kopf.configure(verbose=level == "DEBUG", log_format=kopf.LogFormat.PLAIN)
+    kopf.configure(verbose=level == "DEBUG", log_format=kopf.LogFormat.FULL)
     logging.getLogger().setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if level != "DEBUG":
+        # kopf logs "Handler ... succeeded" for every watch event; our own log lines say what happened.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.kubeconfig:
         if not os.path.exists(args.kubeconfig):
             print(f"error: --kubeconfig {args.kubeconfig}: file not found", file=sys.stderr)

@@ -129,10 +129,9 @@ def constitution_name(res: Resource, lookup: Lookup) -> str | None:
 
 def _current_digest(lookup: Lookup, name: str) -> str | None:
     const = lookup("Constitution", name)
-    if const is None:
-        return None
-    digest = getattr(const.status, "digest", None) if const.status is not None else None
-    return digest or constitution_digest(const.spec)
+    # From the spec, not status.digest: the spec in the index is already the edited one when the
+    # Constitution's own reconcile pokes this run, its status write may not have arrived yet.
+    return constitution_digest(const.spec) if const is not None else None
 
 
 def is_terminal(info: KindInfo, status: Any) -> bool:
