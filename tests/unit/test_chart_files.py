@@ -63,7 +63,8 @@ def test_sync_detects_drift(tmp_path, monkeypatch):
 def _check_against_schema(value, schema: dict, path: str, problems: list[str]) -> None:
     types = {"object": dict, "array": list, "string": str, "boolean": bool, "number": (int, float), "integer": int}
     t = schema.get("type")
-    if t and not isinstance(value, types[t]) or (t in ("integer", "number") and isinstance(value, bool)):
+    allowed = tuple(types[x] for x in (t if isinstance(t, list) else [t])) if t else ()
+    if allowed and not isinstance(value, allowed) or (t in ("integer", "number") and isinstance(value, bool)):
         problems.append(f"{path}: {value!r} is not {t}")
         return
     if "enum" in schema and value not in schema["enum"]:

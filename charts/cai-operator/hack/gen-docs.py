@@ -37,6 +37,8 @@ upgrading, and `charts/cai-operator/values.yaml` for the defaults in context.
 
 def _type(node: dict) -> str:
     t = node.get("type", "any")
+    if isinstance(t, list):
+        return " or ".join(t)
     if t == "array" and "items" in node and "type" in node["items"]:
         return f"list of {node['items']['type']}"
     if t == "object" and isinstance(node.get("additionalProperties"), dict):

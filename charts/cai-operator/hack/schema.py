@@ -38,6 +38,11 @@ def free(desc: str, typ: str = "object") -> dict:
     return {"type": typ, "description": desc}
 
 
+def quantity(desc: str) -> dict:
+    """A Kubernetes quantity: a string like 500m or 8Gi, or a plain number (what --set 2 gives)."""
+    return {"type": ["string", "number"], "description": desc, "pattern": QUANTITY, "minimum": 0}
+
+
 def string_map(desc: str) -> dict:
     return {"type": "object", "description": desc, "additionalProperties": {"type": "string"}}
 
@@ -104,8 +109,8 @@ SCHEMA = {
                           {name: s(f"Image of the {name} stage.", minLength=1, pattern=IMAGE_REF)
                            for name in STAGES}),
             "defaultResources": obj("CPU and memory of a stage pod when its run sets none.", {
-                "cpu": s("CPU request and limit (quantity).", pattern=QUANTITY),
-                "memory": s("Memory request and limit (quantity).", pattern=QUANTITY),
+                "cpu": quantity("CPU request and limit (a quantity: 2, 500m)."),
+                "memory": quantity("Memory request and limit (a quantity: 8Gi)."),
             }, ["cpu", "memory"]),
             "jobTTLSeconds": {"type": "integer", "minimum": 0, "description":
                               "Seconds a finished stage Job (its pods and logs) is kept before Kubernetes "

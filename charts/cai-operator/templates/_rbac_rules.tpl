@@ -8,7 +8,8 @@ the operator with exactly these and checks that everything else is denied):
   pods               list (termination message of a failed stage pod)
   events             create (core/v1 Events on every transition)
 No delete anywhere (ownerReferences let Kubernetes collect children), no Secrets (credentials reach pods by
-secretKeyRef), no wildcards.
+secretKeyRef), no wildcards, and nothing cluster-wide beyond these kinds: kopf's scanning of CRDs and
+namespaces is off (it serves the kinds present at start-up), so it lists neither.
 */}}
 {{- define "cai-operator.rules.workload" -}}
 - apiGroups: [cai.dev]
@@ -32,17 +33,6 @@ secretKeyRef), no wildcards.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
-{{- end }}
-
-{{/* What kopf reads cluster-wide when it serves all namespaces: namespaces (to watch each one) and CRDs
-(to notice cai.dev CRDs installed or upgraded after the operator started). */}}
-{{- define "cai-operator.rules.clusterwide" -}}
-- apiGroups: [""]
-  resources: [namespaces]
-  verbs: [list, watch]
-- apiGroups: [apiextensions.k8s.io]
-  resources: [customresourcedefinitions]
-  verbs: [list, watch]
 {{- end }}
 
 {{/* Leader election: one Lease, named after the release, in the release namespace. create cannot be
