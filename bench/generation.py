@@ -136,6 +136,10 @@ def _backend(kind: str, args: argparse.Namespace, prompts: list[str]) -> dict[st
 
 
 def worker(args: argparse.Namespace) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     prompts = load_prompts(args.prompts)
     result = _baseline(args, prompts) if args.worker == "baseline" else _backend(args.worker, args, prompts)
     print("RESULT " + json.dumps(result), flush=True)
@@ -148,7 +152,7 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any] | str:
     """Run one measurement in a subprocess; its result dict, or why it was skipped."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--model", args.model,
            "--prompts", str(args.prompts), "--max-new-tokens", str(args.max_new_tokens),
-           "--batch-size", str(args.batch_size)]
+           "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
     print(f"measuring {name} ...", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"}, check=False)
     if args.verbose:
@@ -167,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--backends", default="transformers,vllm", help="comma-separated backend kinds")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size given to each backend")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads in the baseline/transformers workers (0: torch's default); "
+                             "1 is steadier on a machine other jobs are loading, where OpenMP threads stall")
     parser.add_argument("--verbose", action="store_true", help="show the workers' logs")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -175,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     print(f"model {args.model}, {args.prompts} prompts x {args.max_new_tokens} new tokens, greedy, "
-          f"batch size {args.batch_size}, torch threads default, {os.cpu_count()} CPUs", flush=True)
+          f"batch size {args.batch_size}, torch threads {args.threads or 'default'}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
     base = measure("baseline", args)
     if isinstance(base, str):
         print(f"baseline {base}")
