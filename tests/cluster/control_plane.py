@@ -666,7 +666,7 @@ def _up_once(root: Path, bin_dir: Path | None, *, timeout: float, reuse: bool, d
     logs.mkdir(parents=True)
     data, conf = root / "data", root / "conf"
     for d in (data / "etcd", data / "minio", conf):
-        d.mkdir(parents=True, exist_ok=True)
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     pki = make_pki(root / "pki")
     names = ("etcd", "etcd_peer", "apiserver", "cm", "sched", "kwok", "minio", "minio_console", "prom")
