@@ -150,6 +150,18 @@ def test_namespaced_scope_grants_nothing_cluster_wide(helm_env):
     assert "--namespace=team-a" in args and "--namespace=team-b" in args
 
 
+def test_gitops_example_values_render(helm_env, tmp_path):
+    """The Argo CD Application's valuesObject passes the chart's schema and renders what it asks for."""
+    apps = [d for d in yaml.safe_load_all((REPO / "examples" / "gitops" / "argocd-application.yaml").read_text()) if d]
+    app = next(a for a in apps if a["spec"]["source"].get("path") == "charts/cai-operator")
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(app["spec"]["source"]["helm"]["valuesObject"]))
+    out = helm(helm_env, "template", app["spec"]["source"]["helm"]["releaseName"], str(CHART), "-n",
+               app["spec"]["destination"]["namespace"], f"--kube-version={KUBE_VERSION}", "-f", str(values)).stdout
+    kinds = {d["kind"] for d in yaml.safe_load_all(out) if d}
+    assert {"ServiceMonitor", "PrometheusRule", "Deployment", "CustomResourceDefinition"} <= kinds, kinds
+
+
 @pytest.fixture(scope="module")
 def monitoring_crds(kube_cluster):
     """prometheus-operator's real ServiceMonitor and PrometheusRule CRDs (testdata/prometheus-operator)."""
