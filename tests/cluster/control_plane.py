@@ -758,8 +758,10 @@ def _up_once(root: Path, bin_dir: Path | None, *, timeout: float, reuse: bool, d
         ])
         sched = start("kube-scheduler", [b("kube-scheduler"), *secure("sched", port["sched"]),
                                          "--profiling=false"])
+        # an explicit (empty) config, so a ~/.kwok/kwok.yaml cannot change the stages: kwok's defaults
+        kwok_cfg = _write(conf / "kwok.yaml", "# no Stage objects: kwok's default node and pod stages\n")
         kwok = start("kwok", [
-            b("kwok"), f"--kubeconfig={kcfg['kwok']}", "--manage-all-nodes=false",
+            b("kwok"), f"--config={kwok_cfg}", f"--kubeconfig={kcfg['kwok']}", "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION[0]}={KWOK_ANNOTATION[1]}",
             f"--server-address=127.0.0.1:{port['kwok']}", "--node-ip=127.0.0.1",
             f"--node-port={port['kwok']}", "--cidr=10.244.0.1/24",
