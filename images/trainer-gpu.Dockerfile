@@ -34,13 +34,15 @@ LABEL org.opencontainers.image.title="cai-trainer-gpu" \
       org.opencontainers.image.source="https://github.com/cai-dev/cai-operator" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV DEBIAN_FRONTEND=noninteractive
+# python3.12-dev: DeepSpeed and Triton compile kernels at run time (JIT) and need Python.h.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.12=3.12.3-1ubuntu0.* libpython3.12=3.12.3-1ubuntu0.* \
+    && apt-get install -y --no-install-recommends python3.12=3.12.3-1ubuntu0.* python3.12-dev=3.12.3-1ubuntu0.* \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --uid 65532 --user-group --home-dir /tmp --no-create-home --shell /usr/sbin/nologin cai
 COPY --from=build /opt/cai /opt/cai
-# The root filesystem may be read-only: caches (HF, Triton, DeepSpeed's op builds, vLLM) go to /tmp, which
-# the operator mounts as an emptyDir. (DL3064 flags TOKENIZERS_PARALLELISM as a secret: it is not one.)
+# Every cache (models, HF, Triton, DeepSpeed's op builds, vLLM) goes under /tmp, so pods run as any UID, and
+# a read-only root filesystem needs only an emptyDir at /tmp (spec.resources.podTemplate).
+# (DL3064 flags TOKENIZERS_PARALLELISM as a secret: it is not one.)
 # hadolint ignore=DL3064
 ENV PATH=/opt/cai/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/tmp \
     CAI_CACHE_DIR=/tmp/cai-cache HF_HOME=/tmp/hf TRITON_CACHE_DIR=/tmp/triton TORCH_EXTENSIONS_DIR=/tmp/torch-extensions \

