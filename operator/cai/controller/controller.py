@@ -108,6 +108,10 @@ class Controller:
                 identity=self.config.identity, duration=self.config.lease_duration_seconds,
                 renew_every=self.config.lease_renew_seconds, on_change=self._leadership_changed)
             self._tasks.append(loop.create_task(self.elector.run(), name="cai-leader-election"))
+        if (self.config.storage_uri or "").startswith("s3://"):
+            # s3fs/botocore take a second or more to import: do it now, not in the first reconcile
+            # that reads a manifest.
+            self._tasks.append(loop.create_task(asyncio.to_thread(_warm_store), name="cai-warm-store"))
         self.ready = True
 
     async def stop(self) -> None:
@@ -126,7 +130,7 @@ class Controller:
             self.add_all()
 
     def alive(self) -> tuple[bool, str]:
-        dead = [t.get_name() for t in self._tasks if t.done()]
+        dead = [t.get_name() for t in self._tasks if t.done() and t.get_name() != "cai-warm-store"]
         if dead:
             return False, f"background tasks stopped: {', '.join(dead)}"
         return True, "ok"
@@ -374,6 +378,13 @@ def raw_references(doc: Mapping[str, Any]) -> set[tuple[str, str]]:
 
 def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
     return any(o.get("uid") == uid for o in (obj.get("metadata") or {}).get("ownerReferences") or [])
+
+
+def _warm_store() -> None:
+    try:
+        import s3fs  # noqa: F401
+    except ImportError:
+        pass
 
 
 async def _read_manifest(uri: str) -> dict[str, Any] | None:
