@@ -19,7 +19,6 @@ import datetime as dt
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -59,7 +58,7 @@ def _helm(kube_cluster, home: Path, *args: str) -> subprocess.CompletedProcess:
     assert helm.exists(), f"no helm in {kube_cluster.bin_dir}: run `make cluster`"
     env = {**kube_cluster.env, "HELM_CACHE_HOME": str(home / "c"), "HELM_CONFIG_HOME": str(home / "g"),
            "HELM_DATA_HOME": str(home / "d")}
-    p = subprocess.run([str(helm), *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=240)
+    p = subprocess.run([str(helm), *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=240, check=False)
     assert p.returncode == 0, f"helm {' '.join(args)}:\n{p.stdout}\n{p.stderr}"
     return p
 
@@ -143,8 +142,9 @@ class LocalOperator:
                      f"--metrics-port={self.metrics_port}", f"--health-port={self.health_port}"]
         self.log = workdir / "operator.log"
         self.identity = identity
-        self.proc = subprocess.Popen(self.argv, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, env=env,
-                                     cwd=workdir, start_new_session=True)
+        with open(self.log, "wb") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir,
+                                         start_new_session=True)
         _until("the operator's /readyz", self.ready, 90, detail=self.tail)
 
     def ready(self) -> bool:
@@ -247,7 +247,7 @@ class LocalKubelet:
             "name": c["name"], "image": c["image"], "imageID": "", "ready": True, "restartCount": 0,
             "started": True, "state": {"running": {"startedAt": start}}}]})
         with open(root / "log", "wb") as log:
-            rc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, timeout=600).returncode
+            rc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, timeout=600, check=False).returncode
         end = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         term = root / "termination-log"
         message = term.read_text()[-4000:] if term.exists() else cp.log_tail(root / "log", 20)[-4000:]

@@ -35,7 +35,7 @@ def exported() -> dict[str, set[str]]:
         for s in fam.samples:
             labels |= set(s.labels)
         # Families with labels have no samples until first used: take their declared label names.
-        collector = next((c for c in metrics.REGISTRY._collector_to_names  # noqa: SLF001
+        collector = next((c for c in metrics.REGISTRY._collector_to_names
                           if getattr(c, "_name", None) == fam.name), None)
         labels |= set(getattr(collector, "_labelnames", ()) or ())
         labels -= {"le", "quantile"}
@@ -54,9 +54,7 @@ def queries(dash: dict) -> list[str]:
     def walk(node):
         if isinstance(node, dict):
             for k, v in node.items():
-                if k == "expr" and isinstance(v, str):
-                    exprs.append(v)
-                elif k == "definition" and isinstance(v, str):
+                if k == "expr" and isinstance(v, str) or k == "definition" and isinstance(v, str):
                     exprs.append(v)
                 else:
                     walk(v)
