@@ -2,7 +2,8 @@
 
 Runs `cai run constitutions/harmless.yaml examples/quickstart/` (resumable: rerunning skips finished
 stages), then prints where the dataset and model are, two critique→revision chains, and before/after
-answers of the starting model and the SL-CAI model to held-out red-team prompts.
+answers of the starting model and the SL-CAI model to held-out red-team prompts, and finally the
+RL-CAI report's summary table (win rates, PM accuracy/calibration, RL reward/KL) and its path.
 """
 
 from __future__ import annotations
@@ -87,6 +88,12 @@ def main() -> int:
         show_chains(crun.status.outputs.dataset)
         if crun.status.outputs.model:
             before_after(resources["CritiqueRun/quickstart-sl"].spec.model, crun.status.outputs.model)
+    rl = stored_resource(store, "RLAIFRun", "default", "quickstart-rl")
+    if rl is not None and rl.status.outputs.report:
+        from cai.local.report import print_report
+
+        console.rule("[bold]RL-CAI (PreferenceModel/quickstart-pm → RLAIFRun/quickstart-rl)")
+        print_report(store, "quickstart-rl")
     console.print(f"\npipeline wall time: {elapsed / 60:.1f} min; artifacts under {store}; `cai status --store {store}` shows them")
     return 0
 

@@ -260,6 +260,9 @@ class EvaluationSpec(ApiModel):
         min_length=1,
         max_length=MAX_TEXT,
     )
+    few_shot_examples: int | None = Field(
+        None, description="How many preference few-shot examples the judging prompts get (default: all).", ge=0, le=64
+    )
 
 
 class RLAIFRunSpec(RunCommon):

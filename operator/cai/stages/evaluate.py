@@ -161,11 +161,12 @@ def pm_scores(reward_ref: str, prompt_sets: dict[str, list[dict[str, Any]]],
 
 def judge(ctx: StageContext, const, feedback_ref: str, seed: int, prompt_sets: dict[str, list[dict[str, Any]]],
           responses: dict[str, dict[str, list[str]]], pairs: list[tuple[str, str]],
-          helpfulness_question: str) -> list[dict[str, Any]]:
+          helpfulness_question: str, few_shot_examples: int | None) -> list[dict[str, Any]]:
     """Feedback-model judgements: one row per (prompt set, model pair, prompt), pA = P(first better)."""
     from .label_preferences import open_labeller
 
-    settings = LabelSettings(seed=seed, principles_per_comparison=1, both_orders=True)
+    settings = LabelSettings(seed=seed, principles_per_comparison=1, both_orders=True,
+                             few_shot_examples=few_shot_examples)
     helpful = [PreferencePrinciple(name="helpfulness", question=helpfulness_question)]
     rows: list[dict[str, Any]] = []
     jobs = []
@@ -216,7 +217,7 @@ def run(ctx: StageContext) -> StageResult:
     responses = generate(ctx, refs, prompt_sets, ev.max_new_tokens)
     pairs = [(x, y) for x, y in PAIRS if refs[x] != refs[y]]
     judgements = judge(ctx, const, ctx.model("feedback"), spec.seed, prompt_sets, responses, pairs,
-                       ev.helpfulness_question)
+                       ev.helpfulness_question, ev.few_shot_examples)
     scores = pm_scores(ctx.model("reward"), prompt_sets, responses)
 
     win_rates: dict[str, dict[str, dict[str, Any]]] = {}
