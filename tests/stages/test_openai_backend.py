@@ -14,6 +14,8 @@ import pytest
 
 from cai.models.backends import OptionTokenError, SamplingParams, load_backend
 from cai.models.backends.openai_backend import OpenAIBackend, OpenAIBackendError
+
+pytest.register_assert_rewrite("tests.stages.conftest_vllm")  # it is also a plugin (below)
 from tests.stages.conftest_vllm import CONVERSATIONS, VllmServer, preference_prompts, requires_vllm
 
 if TYPE_CHECKING:

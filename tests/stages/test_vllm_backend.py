@@ -15,6 +15,8 @@ import pytest
 
 from cai.models.backends import OptionTokenError, SamplingParams, load_backend
 from cai.models.backends.option_tokens import option_token_ids
+
+pytest.register_assert_rewrite("tests.stages.conftest_vllm")  # it is also a plugin (below)
 from tests.stages.conftest_vllm import CONVERSATIONS, preference_prompts, requires_vllm
 
 if TYPE_CHECKING:
