@@ -61,8 +61,30 @@ def snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+_PARSED: dict[tuple[str, str, str], tuple[str, tuple[Resource | None, Any, list[str]]]] = {}
+
+
 def parse(doc: Mapping[str, Any]) -> tuple[Resource | None, Any, list[str]]:
-    """(resource without status problems, typed status, spec problems) of an index snapshot."""
+    """(resource without status problems, typed status, spec problems) of an index snapshot.
+
+    Cached per resourceVersion: a Constitution looked up by 500 runs is validated once. Callers never
+    mutate what they get (reconcile works on copies), and the cache holds only the latest version.
+    """
+    meta = doc["metadata"]
+    key = (doc["kind"], meta["namespace"], meta["name"])
+    cached = _PARSED.get(key)
+    if cached is not None and cached[0] == meta.get("resourceVersion"):
+        return cached[1]
+    parsed = _parse(doc)
+    _PARSED[key] = (meta.get("resourceVersion") or "", parsed)
+    return parsed
+
+
+def forget_parsed(key: tuple[str, str, str]) -> None:
+    _PARSED.pop(key, None)
+
+
+def _parse(doc: Mapping[str, Any]) -> tuple[Resource | None, Any, list[str]]:
     info = KINDS[doc["kind"]]
     res, problems = parse_resource({k: v for k, v in doc.items() if k != "status"}, "cluster")
     raw_status = doc.get("status") or {}
@@ -228,6 +250,7 @@ class Controller:
         doc = self.body(key)
         if doc is None or doc["metadata"].get("deletionTimestamp"):
             self.queue.cancel(key)  # gone (or going): its children go with it through ownerReferences
+            forget_parsed(key)
             return
         started = time.perf_counter()
         try:
@@ -341,13 +364,12 @@ class Controller:
             if not written:
                 # Someone (our own previous write, usually) moved the object on: a newer event follows.
                 self.queue.add_after(key, 1.0)
-                for event in created_events:
-                    await self._event(involved, *event)
+                await asyncio.gather(*(self._event(involved, *event) for event in created_events))
                 return "conflict"
-        for event in created_events:
-            await self._event(involved, *event)
-        for event in out.events:
-            await self._event(involved, event.type, event.reason, event.message)
+        events = [*created_events, *((e.type, e.reason, e.message) for e in out.events
+                                     # "Created Job x" already says the stage started.
+                                     if not (created_events and e.reason in ("JobRunning", "JobQueued")))]
+        await asyncio.gather(*(self._event(involved, *event) for event in events))
         for obs in out.observations:
             metrics.record(obs.metric, obs.labels, obs.value)
         if out.poke_dependents:

@@ -49,6 +49,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logg
     # Serve the resources and namespaces known at start-up: no cluster-wide watch of CRDs and Namespaces
     # (two permissions fewer, docs/rbac.md). Install the CRDs before the operator, as the chart does.
     settings.scanning.disabled = True
+    # kopf deep-copies every event's body to detect changes for on.create/update handlers; we have none
+    # (reconcile compares desired with actual itself), so skip that work: a third of the CPU per event.
+    settings.persistence.diffbase_storage = _NoDiffBase()
     kube = KubeClient(login=_async_login(settings))
     controller = Controller(config, kube, standalone=bool(memo.get("standalone")) or not config.leader_election)
     memo["controller"] = controller
@@ -68,6 +71,19 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await memo["controller"].stop()
     if "endpoints" in memo:
         await memo["endpoints"].stop()
+
+
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """No "last handled state": only needed by change-detecting handlers, which this operator does not use."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        return {}
+
+    def fetch(self, *, body: kopf.Body) -> Any:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
+        return None
 
 
 def _async_login(settings: kopf.OperatorSettings):

@@ -306,8 +306,9 @@ def reconcile_run(res: Resource, obs: Observed, ctx: Context) -> Outcome | Need:
     def finish() -> Outcome:
         out.events = transition_events(info, old, status) + out.events
         summary_after = _ctuple(status, info.summary_condition)
-        out.poke_dependents = (summary_before or ("",))[0] != (summary_after or ("",))[0]
         out.terminal = is_terminal(info, status)
+        # Dependents only care about Ready/Succeeded becoming True or False.
+        out.poke_dependents = out.terminal and (summary_before or ("",))[0] != (summary_after or ("",))[0]
         if out.terminal:
             out.requeue_after = None
         return out

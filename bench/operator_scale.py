@@ -1,0 +1,241 @@
+"""Operator scale benchmark: N CritiqueRuns created at once against the test control plane.
+
+Reports how fast every run gets its first Job (runs/s), the reconcile latency p50/p99 from the operator's
+own `cai_reconcile_duration_seconds` histogram, the number of reconciles, and the operator's peak RSS.
+Goal on 2 cores (apiserver, etcd, controller-manager, scheduler on the same cores): ≥ 50 runs/s,
+p99 < 2 s, RSS < 300 MB.
+
+    .venv/bin/python bench/operator_scale.py [--runs 500] [--placement pending|kwok|queued]
+
+Uses the cluster under CAI_CLUSTER_ROOT or .cache/cluster when one is up (`make cluster-up`), otherwise
+starts one in a temporary directory for the run. By default the stage pods stay Pending (their
+nodeSelector matches no node); `--placement kwok` lets the kwok node run them (scheduler, Job controller
+and kwok then compete for the same cores); `--placement queued` creates the Jobs suspended for Kueue, so
+no pods exist and the figures are the operator's and the apiserver's alone.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.cluster import control_plane as cp  # noqa: E402
+from tests.integration.operator_support import constitution_spec, install_crds  # noqa: E402
+
+
+def quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """histogram_quantile over cumulative (upper bound, count) buckets, as Prometheus computes it."""
+    buckets = sorted(buckets)
+    total = buckets[-1][1]
+    if total == 0:
+        return float("nan")
+    rank = q * total
+    prev_bound, prev_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return prev_bound
+            return prev_bound + (bound - prev_bound) * ((rank - prev_count) / max(count - prev_count, 1e-9))
+        prev_bound, prev_count = bound, count
+    return prev_bound
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def histogram(text: str, name: str, kind: str) -> tuple[list[tuple[float, float]], float, float]:
+    buckets, total, count = [], 0.0, 0.0
+    for line in text.splitlines():
+        m = re.match(rf'^{name}_bucket\{{kind="{kind}",le="([^"]+)"\}} (\S+)$', line)
+        if m:
+            buckets.append((float(m.group(1)), float(m.group(2))))
+        m = re.match(rf'^{name}_(sum|count)\{{kind="{kind}"\}} (\S+)$', line)
+        if m:
+            if m.group(1) == "sum":
+                total = float(m.group(2))
+            else:
+                count = float(m.group(2))
+    return buckets, total, count
+
+
+def counter(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"^{name}(\{{[^}}]*\}})? (\S+)$", line)
+        if m and all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=500)
+    ap.add_argument("--placement", choices=("pending", "kwok", "queued"), default="pending",
+                    help="pending: pods never schedule (default); kwok: the kwok node runs them; "
+                         "queued: runs name a Kueue queue, so Jobs are created suspended (no pods)")
+    ap.add_argument("--clients", type=int, default=16, help="threads creating the runs")
+    ap.add_argument("--workers", type=int, default=8, help="operator reconcile workers (CAI_WORKERS)")
+    ap.add_argument("--profile", metavar="FILE", help="run the operator under cProfile, stats written to FILE")
+    args = ap.parse_args()
+
+    root = Path(os.environ.get("CAI_CLUSTER_ROOT", cp.DEFAULT_ROOT))
+    cluster = cp.Cluster.load(root)
+    own_root = None
+    if cluster is None or not cluster.healthy():
+        own_root = Path(tempfile.mkdtemp(prefix="cai-bench-cluster-"))
+        print(f"starting a test control plane in {own_root} ...", flush=True)
+        cluster = cp.up(own_root, cp.bin_dir_default(), die_with_parent=True, owner="bench")
+    kube, s3 = cluster.kube, cluster.s3
+    install_crds(kube)
+    ns = f"bench-{secrets.token_hex(3)}"
+    code, body = kube.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    assert code == 201, body
+    base = f"/apis/cai.dev/v1alpha1/namespaces/{ns}"
+    kube.request("POST", f"{base}/constitutions", {"apiVersion": "cai.dev/v1alpha1", "kind": "Constitution",
+                                                   "metadata": {"name": "harmless"}, "spec": constitution_spec()})
+    (metrics_port, health_port) = cp.free_ports(2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAI_", "AWS_"))}
+    env.update({"CAI_STORAGE_URI": f"s3://{s3.bucket}/{ns}", "CAI_S3_ENDPOINT": s3.endpoint,
+                "AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+                "CAI_WORKERS": str(args.workers), "CAI_LOG_LEVEL": "WARNING"})
+    log = open(Path(tempfile.gettempdir()) / f"cai-bench-operator-{ns}.log", "wb")
+    prof = ["-m", "cProfile", "-o", args.profile] if args.profile else []
+    op = subprocess.Popen([sys.executable, *prof, "-m", "cai", "operator", f"--kubeconfig={kube.kubeconfig}",
+                           f"--namespace={ns}", "--standalone", f"--metrics-port={metrics_port}",
+                           f"--health-port={health_port}"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                          start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or op.poll() is not None:
+                raise SystemExit(f"operator did not become ready (log: {log.name})")
+            time.sleep(0.2)
+        while 'condition="Ready"' not in scrape(metrics_port):  # the Constitution is reconciled: warm
+            time.sleep(0.2)
+        idle_rss = _rss(op.pid)[0]
+
+        placement = {"pending": {"nodeSelector": {"cai.dev/bench": "nowhere"}}, "kwok": {"nodeSelector": {"type": "kwok"}},
+                     "queued": {"queueName": "bench"}}[args.placement]
+        spec = {"constitutionRef": {"name": "harmless"}, "model": "builtin:tiny-random", "resources": placement}
+        first_jobs: set[str] = set()
+        done = threading.Event()
+        watcher = threading.Thread(target=_watch_first_jobs, args=(kube, ns, args.runs, first_jobs, done), daemon=True)
+        watcher.start()
+        time.sleep(0.5)
+
+        def create(i: int) -> None:
+            code, body = kube.request("POST", f"{base}/critiqueruns", {
+                "apiVersion": "cai.dev/v1alpha1", "kind": "CritiqueRun", "metadata": {"name": f"run-{i:04d}"}, "spec": spec},
+                timeout=60)
+            if code != 201:
+                raise RuntimeError(f"create run-{i}: HTTP {code}: {body}")
+
+        api_pid = next((int(r["pid"]) for r in cluster.procs if r["name"] == "kube-apiserver"), None)
+        cpu0 = {"operator": _cpu_seconds(op.pid), "apiserver": _cpu_seconds(api_pid) if api_pid else 0.0}
+        t0 = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
+            list(pool.map(create, range(args.runs)))
+        created = time.monotonic() - t0
+        if not done.wait(timeout=600):
+            raise SystemExit(f"only {len(first_jobs)} of {args.runs} runs got their first Job in 600 s (log: {log.name})")
+        elapsed = time.monotonic() - t0
+        cpu = {k: round((_cpu_seconds(pid) if pid else 0.0) - cpu0[k], 1)
+               for k, pid in (("operator", op.pid), ("apiserver", api_pid))}
+        time.sleep(1.0)  # let the last status writes land in the histogram
+        text = scrape(metrics_port)
+        buckets, total, count = histogram(text, "cai_reconcile_duration_seconds", "CritiqueRun")
+        rss_now, rss_peak = _rss(op.pid)
+        result = {
+            "runs": args.runs,
+            "placement": args.placement,
+            "create_seconds": round(created, 2),
+            "all_first_jobs_seconds": round(elapsed, 2),
+            "runs_per_second": round(args.runs / elapsed, 1),
+            "reconciles": int(count),
+            "reconcile_mean_ms": round(1000 * total / count, 1) if count else None,
+            "reconcile_p50_ms": round(1000 * quantile(buckets, 0.50), 1),
+            "reconcile_p99_ms": round(1000 * quantile(buckets, 0.99), 1),
+            "reconcile_errors": counter(text, "cai_reconcile_total", kind="CritiqueRun", result="error"),
+            "reconcile_conflicts": counter(text, "cai_reconcile_total", kind="CritiqueRun", result="conflict"),
+            "jobs_created": counter(text, "cai_jobs_created_total"),
+            "operator_rss_idle_mib": round(idle_rss / 1024, 1),
+            "operator_rss_now_mib": round(rss_now / 1024, 1),
+            "operator_rss_peak_mib": round(rss_peak / 1024, 1),
+            "cpu_seconds_during_burst": cpu,
+            "cpus": os.cpu_count(),
+            "load_average_1m": round(os.getloadavg()[0], 2),
+        }
+        print(json.dumps(result, indent=2))
+        ok = result["runs_per_second"] >= 50 and result["reconcile_p99_ms"] < 2000 and result["operator_rss_peak_mib"] < 300
+        print(f"goal (>= 50 runs/s, p99 < 2 s, RSS < 300 MB): {'met' if ok else 'NOT met'}")
+        return 0
+    finally:
+        os.killpg(op.pid, signal.SIGTERM)
+        op.wait(timeout=30)
+        kube.request("DELETE", f"/api/v1/namespaces/{ns}")
+        if own_root is not None:
+            cp.down(own_root)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss(pid: int) -> tuple[int, int]:
+    vals = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        if k in ("VmRSS", "VmHWM"):
+            vals[k] = int(v.split()[0])
+    return vals.get("VmRSS", 0), vals.get("VmHWM", 0)
+
+
+def _watch_first_jobs(kube, ns: str, n: int, seen: set[str], done: threading.Event) -> None:
+    """Count runs whose first-stage Job exists, from a watch (no polling load on the apiserver)."""
+    from kubernetes import client, watch
+
+    api = kube.api_client()
+    batch = client.BatchV1Api(api)
+    rv = None
+    while not done.is_set():
+        try:
+            w = watch.Watch()
+            kwargs = {"resource_version": rv} if rv else {}
+            for ev in w.stream(batch.list_namespaced_job, ns, label_selector="cai.dev/stage=generate-revisions",
+                               timeout_seconds=30, **kwargs):
+                seen.add(ev["object"].metadata.labels["cai.dev/run"])
+                rv = ev["object"].metadata.resource_version
+                if len(seen) >= n:
+                    done.set()
+                    w.stop()
+                    break
+        except Exception:
+            rv = None
+    api.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
