@@ -44,7 +44,7 @@ SMOLLM2_UPSTREAM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # Written last inside a prepared builtin directory. Bump a recipe number when its preparation
 # changes: caches prepared by an older recipe are rebuilt on next use.
 MARKER = "cai-prepared.json"
-_RECIPES = {"smollm2-135m-instruct": 2, "tiny-random": 3}
+_RECIPES = {"smollm2-135m-instruct": 2, "tiny-random": 4}
 # Kept next to a copied s3/file model: where it came from and each file's sha256/size/mtime.
 SOURCE_RECORD = ".cai-source.json"
 MANIFEST = "manifest.json"
@@ -337,7 +337,7 @@ TINY_RANDOM_SEED = 0
 
 
 def tiny_random_config() -> Any:
-    """2 layers, hidden 64, 4 heads (2 KV heads, so grouped-query attention is exercised), SmolLM2's
+    """2 layers, hidden 64, 4 heads of size 32 (2 KV heads, so grouped-query attention is exercised), SmolLM2's
     vocabulary and special-token ids so its tokenizer and chat template apply unchanged.
 
     initializer_range 0.3 (not the usual 0.02): with tied embeddings and tiny weights the next token
@@ -353,7 +353,7 @@ def tiny_random_config() -> Any:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        head_dim=16,
+        head_dim=32,  # vLLM's CPU attention needs a head size of at least 32
         max_position_embeddings=8192,
         rms_norm_eps=1e-5,
         initializer_range=0.3,
