@@ -209,3 +209,24 @@ def test_option_letters_that_are_not_single_tokens_fail_before_bulk_work(tmp_pat
     message = str(err.value)
     assert str(model) in message and "'A'" in message and "single token" in message
     assert not (ctx.out_dir / "comparisons.jsonl").exists()
+
+
+def test_shared_prefix_scoring_equals_the_backends_own_scores():
+    """The labeller's transformers fast path (few-shot prefix computed once) must give the numbers
+    of `score_next_token`, for prompts of different lengths spread over several batches."""
+    from cai.stages.prefix_scoring import common_prefix_length, score_options
+
+    backend = load_backend("transformers", TINY, batch_size=3)
+    try:
+        labeller = Labeller(backend, CONST, LabelSettings(few_shot_examples=2))
+        prompts = [fb.answer_prompt(labeller.rendered(c, CONST.preference_principles[i], order))
+                   for i, c in enumerate(COMPARISONS * 2) for order in fb.ORDERS]
+        encoded = backend.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        assert common_prefix_length(encoded) > 100, "the few-shot prefix is shared"
+        fast = score_options(backend, prompts, fb.OPTIONS)
+        plain = backend.score_next_token(prompts, fb.OPTIONS)
+    finally:
+        backend.close()
+    assert len(fast) == len(plain) == 12
+    for f, p in zip(fast, plain):
+        assert f == pytest.approx(p, abs=1e-4)

@@ -10,7 +10,9 @@ in one or both option orders, and each resulting prompt is scored with ONE forwa
 the log-probabilities of the option tokens "A" and "B" right after the answer cue. The soft label
 of a prompt is the softmax over those two log-probs; the order flip turns it into P(responseA is
 better); CoT probabilities are clamped; everything is averaged into `pA`. Text is never generated
-and parsed to get a label (only the CoT reasoning itself is generated).
+and parsed to get a label (only the CoT reasoning itself is generated). On the transformers
+backend the prompts' shared prefix (system turn, few-shot examples) is computed once per call
+(`prefix_scoring`), as vLLM's prefix caching does on the other backends.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..api.kinds import ConstitutionSpec, LabelingSpec, PreferencePrinciple
 from ..constitution import feedback as fb
 from ..constitution.sampling import stable_seed
 from ..models.backends.base import Backend, SamplingParams
+from .prefix_scoring import score_options
 
 ProgressFn = Callable[[int], None]
 # Where a chain of thought ends: the model starting its own answer line (we append ours).
@@ -139,7 +142,8 @@ class Labeller:
         if s.chain_of_thought:
             reasoning = self._reasonings(jobs, comparisons, progress)
         prompts = [fb.answer_prompt(j.prompt, r) for j, r in zip(jobs, reasoning)]
-        logps = self.backend.score_next_token(prompts, fb.OPTIONS, progress=progress)
+        # Shared-prefix fast path on transformers (the few-shot prefix runs once); same numbers.
+        logps = score_options(self.backend, prompts, fb.OPTIONS, progress=progress)
 
         rows: list[dict[str, Any]] = []
         per_comparison: list[list[tuple[_Job, float, float, str | None]]] = [[] for _ in comparisons]
