@@ -138,7 +138,7 @@ def pm_scores(reward_ref: str, prompt_sets: dict[str, list[dict[str, Any]]],
               responses: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, float]]:
     """Mean preference-model score of each model's responses per prompt set."""
     from ..models.resolve import resolve_model
-    from .train_preference_model import load_tokenizer, predict
+    from .train_preference_model import load_tokenizer, score_texts
 
     import torch
     from transformers import AutoModelForSequenceClassification
@@ -151,11 +151,8 @@ def pm_scores(reward_ref: str, prompt_sets: dict[str, list[dict[str, Any]]],
     for role, sets in responses.items():
         out[role] = {}
         for name, prompts in prompt_sets.items():
-            # predict() scores pairs; score each response against itself and keep rA.
-            rows = [{"prompt": p["prompt"], "responseA": r, "responseB": r, "pA": 0.5}
-                    for p, r in zip(prompts, sets[name])]
-            preds = predict(model, tok, rows, batch_size=16)
-            out[role][name] = sum(x["rA"] for x in preds) / len(preds)
+            scores = score_texts(model, tok, [(p["prompt"], r) for p, r in zip(prompts, sets[name])], batch_size=16)
+            out[role][name] = sum(scores) / len(scores)
     return out
 
 

@@ -210,12 +210,12 @@ def tokenize_rows(rows: list[dict[str, Any]], tokenizer) -> list[dict[str, Any]]
              "p": r["p"]} for r in rows]
 
 
-def predict(model, tokenizer, rows: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
-    """rA, rB and q = σ(rA − rB) for each row (inference, right padding like training)."""
+def score_texts(model, tokenizer, conversations: list[tuple[str, str]], batch_size: int) -> list[float]:
+    """The reward model's score of each (prompt, response), rendered and padded as in training."""
     import torch
 
-    tokenized = tokenize_rows([{**r, "p": r.get("p", r["pA"])} for r in rows], tokenizer)
-    seqs = [t["chosen_ids"] for t in tokenized] + [t["rejected_ids"] for t in tokenized]
+    seqs = [t["chosen_ids"] for t in tokenize_rows(
+        [{"prompt": p, "responseA": r, "responseB": "", "p": 0.0} for p, r in conversations], tokenizer)]
     scores: list[float] = []
     device = next(model.parameters()).device
     model.eval()
@@ -229,7 +229,14 @@ def predict(model, tokenizer, rows: list[dict[str, Any]], batch_size: int) -> li
                 ids[k, :len(s)] = torch.tensor(s)
                 mask[k, :len(s)] = 1
             scores += model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].float().tolist()
+    return scores
+
+
+def predict(model, tokenizer, rows: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
+    """rA, rB and q = σ(rA − rB) for each comparison row."""
     n = len(rows)
+    scores = score_texts(model, tokenizer, [(r["prompt"], r["responseA"]) for r in rows]
+                         + [(r["prompt"], r["responseB"]) for r in rows], batch_size)
     return [{"id": r.get("id"), "rA": scores[k], "rB": scores[n + k], "q": sigmoid(scores[k] - scores[n + k]),
              "pA": float(r["pA"])} for k, r in enumerate(rows)]
 
