@@ -16,7 +16,7 @@ RUN_PLURALS = ("constitutions", "critiqueruns", "preferencemodels", "rlaifruns")
 CLUSTER_RULES: tuple[tuple[str, tuple[str, ...], tuple[str, ...], str], ...] = (
     ("cai.dev", RUN_PLURALS, ("get", "list", "watch"),
      "kopf watches and indexes the four kinds"),
-    ("cai.dev", tuple(f"{p}/status" for p in RUN_PLURALS), ("get", "patch"),
+    ("cai.dev", tuple(f"{p}/status" for p in RUN_PLURALS), ("patch",),
      "status is written through the status subresource (merge patch with resourceVersion)"),
     ("cai.dev", tuple(f"{p}/finalizers" for p in RUN_PLURALS[1:]), ("update",),
      "ownerReferences with blockOwnerDeletion on stage Jobs/ConfigMaps/Services (OwnerReferencesPermissionEnforcement)"),
