@@ -141,6 +141,11 @@ def test_invalid_resources_are_rejected_or_marked(api, start_operator, kube_clus
     api.create("CritiqueRun", "wrong-source", crun_spec(prompts={"source": "builtin:nope"}))
     invalid = api.wait_condition("CritiqueRun", "wrong-source", "Succeeded", "False", "InvalidSpec", log=op.log_tail)
     assert "spec.prompts.source" in invalid["message"] and "builtin:red-team" in invalid["message"]
+    # A podTemplate that makes an invalid pod: the apiserver's refusal of the Job becomes InvalidSpec.
+    api.create("CritiqueRun", "bad-template", crun_spec(resources={"podTemplate": {"spec": {"containers": [
+        {"name": "stage", "imagePullPolicy": "Sometimes"}]}}}))
+    refused = api.wait_condition("CritiqueRun", "bad-template", "Succeeded", "False", "InvalidSpec", log=op.log_tail)
+    assert "imagePullPolicy" in refused["message"] and "bad-template-generate-revisions" in refused["message"]
     # A missing Constitution: waits, saying which; proceeds once it exists.
     api.create("CritiqueRun", "later", crun_spec(constitutionRef={"name": "not-yet"}))
     waiting = api.wait_condition("CritiqueRun", "later", "Succeeded", "Unknown", "WaitingForDependency", log=op.log_tail)
@@ -149,7 +154,7 @@ def test_invalid_resources_are_rejected_or_marked(api, start_operator, kube_clus
     spec = constitution_spec()
     api.create("Constitution", "not-yet", spec)
     api.wait_condition("CritiqueRun", "later", "Succeeded", "True", log=op.log_tail)
-    assert not any(j["metadata"]["labels"]["cai.dev/run"] == "wrong-source" for j in api.jobs())
+    assert not any(j["metadata"]["labels"]["cai.dev/run"] in ("wrong-source", "bad-template") for j in api.jobs())
     # Runs are immutable once created (CEL transition rule), except spec.suspend.
     code, body = kube_cluster.request("PATCH", api.path("CritiqueRun", "later"), {"spec": {"revisions": 2}},
                                       content_type="application/merge-patch+json")

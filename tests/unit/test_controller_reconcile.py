@@ -341,3 +341,13 @@ def test_constitution_status_and_events():
     assert [e.reason for e in out2.events] == ["DigestChanged"] and out2.poke_dependents
     bad = reconcile_constitution(const, ["spec.preferencePrinciples: expected at least 1 item(s)"])
     assert get_condition(bad.status, "Ready").reason == "InvalidSpec"
+
+
+def test_unmergeable_pod_template_is_an_invalid_spec():
+    const = constitution()
+    run = res("CritiqueRun", "sl", {"constitutionRef": {"name": "h"},
+                                    "resources": {"podTemplate": {"spec": {"containers": [{"image": "no-name"}]}}}})
+    out = decide(run, ctx(const))
+    summary = get_condition(out.status, "Succeeded")
+    assert (summary.status, summary.reason) == ("False", "InvalidSpec") and "podTemplate" in summary.message
+    assert not any(o["kind"] == "Job" for o in out.creates)

@@ -336,8 +336,17 @@ class Controller:
                     "uid": meta["uid"]} if res is None else involved_object(res)
         created_events: list[tuple[str, str, str]] = []
         for obj in out.creates:
-            created, _ = await self.kube.create(obj)
             kind, name = obj["kind"], obj["metadata"]["name"]
+            try:
+                created, _ = await self.kube.create(obj)
+            except ApiError as e:
+                if e.status not in (400, 422) or res is None:
+                    raise
+                # The apiserver refuses the child (e.g. a podTemplate that makes an invalid pod): a spec
+                # problem, not something a retry fixes.
+                invalid = invalid_outcome(res.info, out.status, res.generation,
+                                          [f"{kind} {name} was rejected by the apiserver: {e.message}"])
+                return await self.apply(key, doc, res, invalid)
             if created:
                 log.info("Created %s %s/%s", kind, namespace, name)
                 if kind == "Job":

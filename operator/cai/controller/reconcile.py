@@ -35,6 +35,7 @@ from ..pipeline.status import (
 )
 from .builders import build_configmap, build_job, build_service, distributed, job_name
 from .config import OperatorConfig
+from .merge import MergeError
 from .observed import EventSpec, FrozenPlan, JobObs, Need, Observation, Observed, Outcome, Storage
 
 Lookup = Callable[[str, str], Resource | None]
@@ -366,9 +367,14 @@ def reconcile_run(res: Resource, obs: Observed, ctx: Context) -> Outcome | Need:
                 out.creates.append(build_configmap(res, plan))
                 out.events.append(EventSpec("Warning", "PlanRecreated",
                                             "the run's stage ConfigMap was missing; planned again from the current dependencies"))
+            try:
+                job_obj = build_job(res, stage, plan, cfg)
+            except MergeError as e:  # resources.podTemplate cannot be merged into the pod
+                mark_invalid(info, status, f"spec.resources.podTemplate: {e}", gen)
+                return finish()
             if distributed(res, stage):
                 out.creates.append(build_service(res, stage))
-            out.creates.append(build_job(res, stage, plan, cfg))
+            out.creates.append(job_obj)
             reason = "JobQueued" if queue else "JobRunning"
             if entry is None or entry.job_name != name or entry.completion_time:
                 mark_stage_started(info, status, st, gen, job_name=name, reason=reason)
