@@ -135,3 +135,24 @@ def test_a_preference_model_base_with_another_tokenizer_is_rejected(tmp_path):
     with pytest.raises(StageError, match="different tokenizer than the policy"):
         train_preference_model.run(ctx)
     assert not (ctx.out_dir / "model.safetensors").exists()
+
+
+def test_a_nan_loss_stops_training_with_a_message(tmp_path, tiny_model_dir):
+    """A base model with a non-finite weight makes the first loss NaN: the stage stops with a clear
+    message instead of saving a broken preference model."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from cai.stages import train_preference_model
+
+    broken = tmp_path / "broken-base"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = load_file(broken / "model.safetensors")
+    weights["model.norm.weight"] = torch.full_like(weights["model.norm.weight"], float("nan"))
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    ctx = pm_ctx(tmp_path, comparisons(8), models={"base": str(broken), "policy": TINY}, heldOutFraction=0.0)
+    with pytest.raises(StageError, match="NaN/inf"):
+        train_preference_model.run(ctx)
+    assert not (ctx.out_dir / "model.safetensors").exists()

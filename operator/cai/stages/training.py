@@ -84,6 +84,9 @@ def common_args(output_dir: Path, seed: int, deepspeed: dict[str, Any] | None) -
         "seed": seed,
         "report_to": [],
         "logging_steps": 1,
+        # transformers replaces a NaN/inf step loss by the running average before logging it by
+        # default, which would hide a NaN from `nan_guard`.
+        "logging_nan_inf_filter": False,
         "save_strategy": "steps",
         "save_steps": 50,
         "save_total_limit": 2,
