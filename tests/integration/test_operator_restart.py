@@ -139,12 +139,12 @@ def test_operator_killed_and_restarted_at_random_points(api, start_operator, kub
     rng = random.Random(seed)
     print(f"seed {seed} (CAI_TEST_SEED reproduces the kill points)")
     recorder = JobRecorder(kube_cluster, kube_namespace)
-    kueue = Kueue(api, random.Random(seed + 1), gap=(0.2, 0.9))
+    kueue = Kueue(api, random.Random(seed + 1), gap=(0.4, 1.4))
     try:
         op = start_operator()
         # Queued runs advance only as fast as the test admits their Jobs, so the kills below land at
         # every phase of the runs: before planning, between stages, with Jobs queued, running, finished.
-        expected = create_workload(api, chains=3, singles=4, queue="paced")
+        expected = create_workload(api, chains=4, singles=4, queue="paced")
         summaries = lambda: [(api.condition(k, n, SUMMARY[k]) or {}).get("status") for (k, n) in expected]  # noqa: E731
         kills: list[int] = []  # runs finished at each kill
         while sum(1 for k in kills if k < len(expected)) < 10 and len(kills) < 30:

@@ -46,7 +46,7 @@ log = logging.getLogger("cai.controller")
 Key = tuple[str, str, str]  # (kind, namespace, name)
 INDEX_OF_KIND = {kind: f"{info.plural}_idx" for kind, info in KINDS.items()}
 JOBS_INDEX = "stage_jobs_idx"
-STORAGE_CACHE_SECONDS = 2.0  # many runs created at once in one namespace share one GET of cai-storage
+STORAGE_CACHE_SECONDS = 5.0  # runs created together in one namespace share one GET of cai-storage
 MAX_NEED_ROUNDS = 6
 
 
@@ -304,13 +304,24 @@ class Controller:
             obs.pod_messages[job] = await self._pod_message(res.namespace, job)
 
     async def _storage_configmap(self, namespace: str) -> Any:
+        """The namespace's cai-storage data (MISSING if absent), shared by the runs that start together:
+        one GET per namespace per few seconds, and concurrent callers wait for the same GET."""
         cached = self._storage_cache.get(namespace)
         now = time.monotonic()
         if cached is not None and now - cached[0] < STORAGE_CACHE_SECONDS:
-            return cached[1]
-        cm = await self.kube.get("v1", "ConfigMap", namespace, STORAGE_CONFIGMAP)
+            return await cached[1] if isinstance(cached[1], asyncio.Future) else cached[1]
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._storage_cache[namespace] = (now, future)
+        try:
+            cm = await self.kube.get("v1", "ConfigMap", namespace, STORAGE_CONFIGMAP)
+        except BaseException as e:
+            self._storage_cache.pop(namespace, None)
+            future.set_exception(e)
+            future.exception()  # retrieved: waiters re-raise it, nobody logs "never retrieved"
+            raise
         value = (cm.get("data") or {}) if cm is not None else MISSING
-        self._storage_cache[namespace] = (now, value)
+        self._storage_cache[namespace] = (time.monotonic(), value)
+        future.set_result(value)
         return value
 
     async def _pod_message(self, namespace: str, job: str) -> str:

@@ -94,7 +94,8 @@ def _async_login(settings: kopf.OperatorSettings):
 
 # ---- indexes: what reconcile reads instead of GET/LIST calls
 
-def _index_object(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+# Handlers are coroutines: kopf runs plain functions in a thread pool, a hop per event for nothing here.
+async def _index_object(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     return {(body.metadata.namespace, body.metadata.name): snapshot(body)}
 
 
@@ -103,14 +104,14 @@ for _info in KINDS.values():
 
 
 @kopf.index("batch", "v1", "jobs", labels={LABEL_RUN: kopf.PRESENT}, id=JOBS_INDEX)
-def stage_jobs_idx(body: kopf.Body, **_: Any) -> dict[tuple[str, str], JobObs] | None:
+async def stage_jobs_idx(body: kopf.Body, **_: Any) -> dict[tuple[str, str], JobObs] | None:
     job = JobObs.from_body(body)
     return {(job.namespace, job.owner_uid): job} if job is not None else None
 
 
 # ---- events: queue the object (or the run owning the Job) for a reconcile
 
-def _on_object_event(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+async def _on_object_event(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     controller: Controller = memo["controller"]
     controller.bind_indexes(kwargs)
     controller.add((body["kind"], body.metadata.namespace, body.metadata.name))
@@ -121,7 +122,7 @@ for _info in KINDS.values():
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_RUN: kopf.PRESENT})
-def on_stage_job_event(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+async def on_stage_job_event(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     controller: Controller = memo["controller"]
     controller.bind_indexes(kwargs)
     kind = body.metadata.labels.get(LABEL_KIND)
