@@ -91,6 +91,13 @@ class LocalKubelet:
             self._kill(run)
         if self.watcher is not None:
             self.watcher.join(timeout=10)
+        # Pods still bound here would stay Terminating forever (no kubelet to confirm), and with them
+        # their namespaces: remove them as a kubelet shutting down its node for good would.
+        code, body = self.kube.request("GET", f"/api/v1/pods?fieldSelector=spec.nodeName%3D{self.node}")
+        for pod in (body or {}).get("items", []) if code == 200 else []:
+            meta = pod["metadata"]
+            self.kube.request("DELETE", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
+                              {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0})
 
     # ---- the pod loop
 

@@ -277,7 +277,7 @@ class Controller:
         ctx = Context(config=self.config, lookup=self.lookup_in(res.namespace))
         obs = Observed(now=time.time(), jobs=self.jobs_of(res.namespace, res.uid))
         if not is_terminal(info, status) and not obs.jobs and not status.stages:
-            obs.problems = problems + spec_problems(res)
+            obs.problems = list(dict.fromkeys(problems + spec_problems(res)))
         for _ in range(MAX_NEED_ROUNDS):
             decision = reconcile_run(res, obs, ctx)
             if isinstance(decision, Need):

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..api.common import now_rfc3339
 from ..api.kinds import KINDS, STAGES, CritiqueRunSpec, KindInfo, PreferenceModelSpec, RLAIFRunSpec
-from ..api.manifest import Resource, rule_violations
+from ..api.manifest import Resource
 from ..pipeline.conditions import get_condition, is_true, set_condition
 from ..pipeline.plan import Blocked, constitution_digest, model_refs, plan_resource
 from ..pipeline.status import (
@@ -100,12 +100,15 @@ def resolve_storage(res: Resource, configmap: Any, config: OperatorConfig) -> St
 
 
 def spec_problems(res: Resource) -> list[str]:
-    """Field-named problems the apiserver cannot see: CEL twins, model references, builtin prompt sets."""
+    """Field-named problems the apiserver cannot see: model references and builtin prompt sets.
+
+    (Schema and CEL-rule problems come from `parse_resource`, which the controller runs first.)
+    """
     from ..data.prompts import check_source
     from ..models.refs import check_model_ref
     from ..validation import prompt_sources
 
-    problems = [f"{path}: {msg}" for path, msg in rule_violations(res.spec, "spec")]
+    problems: list[str] = []
     for path, ref in model_refs(res):
         issue = check_model_ref(ref, local=False)  # syntax only: paths refer to the pod's filesystem
         if issue:
