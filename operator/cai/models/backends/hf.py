@@ -209,10 +209,31 @@ class TransformersBackend:
             bos_token_id=self.lm.generation_config.bos_token_id,
         )
 
+    def _inputs_with_shared_prefix(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Model inputs for a batch, reusing one KV cache for the token prefix all rows share.
+
+        Few-shot prompts repeat the same long prefix in every row; encoding it once and repeating its
+        cache saves most of the prefill. Rows are laid out [prefix | pads | suffix]. RoPE sees relative
+        distances and the pads would stretch them, so explicit position ids (from the mask, pads not
+        counted) go with the cache: every token keeps its position and the outputs stay the same.
+        """
+        shared = _shared_prefix_len(rows)
+        if shared < MIN_SHARED_PREFIX:
+            input_ids, mask = self._left_pad(rows)
+            return input_ids, mask, {}
+        prefix = torch.tensor([rows[0][:shared]], dtype=torch.long, device=self.device)
+        cache = self.lm(input_ids=prefix, use_cache=True).past_key_values
+        cache.batch_repeat_interleave(len(rows))
+        suffix_ids, suffix_mask = self._left_pad([r[shared:] for r in rows])
+        input_ids = torch.cat([prefix.expand(len(rows), -1), suffix_ids], dim=1)
+        mask = torch.cat([torch.ones_like(prefix).expand(len(rows), -1), suffix_mask], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return input_ids, mask, {"past_key_values": cache, "position_ids": positions}
+
     @torch.inference_mode()
     def _generate_batch(self, rows: list[list[int]], params: SamplingParams, gen_config: GenerationConfig,
                         seed: int) -> tuple[list[str], list[int]]:
-        input_ids, mask = self._left_pad(rows)
+        input_ids, mask, cached = self._inputs_with_shared_prefix(rows)
         width = input_ids.shape[1]
         tracker = _FinishTracker(self.tokenizer, width, len(rows), self.eos_ids, params.stop, self.device)
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
@@ -224,6 +245,7 @@ class TransformersBackend:
                 attention_mask=mask,
                 generation_config=gen_config,
                 stopping_criteria=StoppingCriteriaList([tracker]),
+                **cached,
             )
         new_tokens = out[:, width:].tolist()
         finished_at = tracker.finished_at.tolist()
@@ -283,6 +305,22 @@ class TransformersBackend:
                 delattr(self, attr)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+# Below this many shared tokens the extra forward pass costs more than it saves.
+MIN_SHARED_PREFIX = 32
+
+
+def _shared_prefix_len(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the token prefix common to all rows, leaving every row at least one token of its own."""
+    if len(rows) < 2:
+        return 0
+    limit = min(len(r) for r in rows) - 1
+    first = rows[0]
+    n = 0
+    while n < limit and all(r[n] == first[n] for r in rows):
+        n += 1
+    return n
 
 
 def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
