@@ -8,6 +8,7 @@ are the apiserver's; kwok plays the kubelet of `kwok-node-0`.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -219,9 +220,7 @@ def test_kueue_queue_and_constitution_edited_mid_run(api, start_operator):
     before = api.get("CritiqueRun", "queued")["status"]
     api.patch("Constitution", "harmless", {"spec": {"description": "edited again"}})
     until("Constitution digest updated", lambda: api.get("Constitution", "harmless")["status"]["digest"] != started_with)
-    import time
-
-    time.sleep(2)
+    time.sleep(2)  # room for the run's reconcile that the Constitution's change triggers
     assert api.get("CritiqueRun", "queued")["status"] == before
 
 
