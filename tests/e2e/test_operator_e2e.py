@@ -1,8 +1,8 @@
 """End to end through the operator: stage pods really run (tests/e2e/kubelet.py runs the pods of node
 cai-e2e-node as local processes), artifacts land in the test's MinIO, Prometheus scrapes the operator.
 
-* the quickstart (Constitution + the quickstart CritiqueRun, then a PreferenceModel and an RLAIFRun on
-  it), all on `builtin:tiny-random`: every stage's `cai stage` runs from its ConfigMap spec with S3
+* the quickstart (the harmless Constitution and examples/quickstart's CritiqueRun, PreferenceModel and
+  RLAIFRun), on `builtin:tiny-random`: every stage's `cai stage` runs from its ConfigMap spec with S3
   credentials from a Secret (secretKeyRef); status, outputs, manifest metrics, events, Prometheus series;
 * a stage that fails: retries exhausted → BackoffLimitExceeded with the pod's termination message, and
   its dependent fails with DependencyFailed;
@@ -28,21 +28,37 @@ SMALL_GENERATION = {"maxNewTokens": 16, "batchSize": 8}
 SMALL_TRAINING = {"epochs": 1, "batchSize": 4, "maxLength": 256}
 
 
-def quickstart_critique_run() -> dict:
-    """examples/quickstart's CritiqueRun, shrunk to the tiny random model and a few prompts."""
+def quickstart() -> list[dict]:
+    """examples/quickstart's runs (SL and RL), shrunk to the tiny random model, a few prompts and steps."""
     docs = [d for p in sorted((REPO / "examples" / "quickstart").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text())]
-    run = copy.deepcopy(next(d for d in docs if d and d.get("kind") == "CritiqueRun"))
-    spec = run["spec"]
-    spec["model"] = TINY
-    spec["prompts"]["limit"] = 4
-    if "helpfulPrompts" in spec:
-        spec["helpfulPrompts"]["limit"] = 2
-    spec["revisions"] = 2
-    spec["fewShotExamples"] = 1
-    spec["generation"] = {**spec.get("generation", {}), **SMALL_GENERATION}
-    spec["finetune"] = {**spec.get("finetune", {}), **SMALL_TRAINING}
-    spec["resources"] = {**spec.get("resources", {}), **POD_PLACEMENT}
-    return run
+    runs = [copy.deepcopy(d) for d in docs if d and d.get("kind") in ("CritiqueRun", "PreferenceModel", "RLAIFRun")]
+    assert {r["kind"] for r in runs} == {"CritiqueRun", "PreferenceModel", "RLAIFRun"}, "the quickstart changed shape"
+    for run in runs:
+        spec = run["spec"]
+        spec["resources"] = {**spec.get("resources", {}), **POD_PLACEMENT}
+        spec["prompts"] = {**spec.get("prompts", {}), "limit": 4}
+        for key in ("model", "feedbackModel"):
+            if key in spec:
+                spec[key] = TINY
+        if "model" in spec.get("policy", {}):
+            spec["policy"]["model"] = TINY
+        if "generation" in spec or run["kind"] != "RLAIFRun":
+            spec["generation"] = {**spec.get("generation", {}), **SMALL_GENERATION}
+        if run["kind"] == "CritiqueRun":
+            if "helpfulPrompts" in spec:
+                spec["helpfulPrompts"]["limit"] = 2
+            spec.update(revisions=2, fewShotExamples=1)
+            spec["finetune"] = {**spec.get("finetune", {}), **SMALL_TRAINING}
+        elif run["kind"] == "PreferenceModel":
+            spec["training"] = {**spec.get("training", {}), **SMALL_TRAINING}
+            spec.pop("pairsPerPrompt", None)
+        else:
+            spec.update(steps=2, generationsPerPrompt=2, batchSize=2, maxNewTokens=16)
+            ev = spec.setdefault("evaluation", {})
+            ev["redTeamPrompts"] = {**ev.get("redTeamPrompts", {"source": "builtin:red-team", "split": "test"}), "limit": 2}
+            ev["helpfulPrompts"] = {**ev.get("helpfulPrompts", {"source": "builtin:helpful", "split": "test"}), "limit": 2}
+            ev["maxNewTokens"] = 16
+    return runs
 
 
 def s3_setup(api, s3_server, kube_namespace) -> str:
@@ -63,39 +79,29 @@ def test_quickstart_runs_through_the_operator(api, start_operator, local_kubelet
     prometheus.add_target(f"127.0.0.1:{op.metrics_port}", job=f"cai-operator-{kube_namespace}")
 
     api.create("Constitution", "harmless", constitution_spec())
-    sl = quickstart_critique_run()
-    name = sl["metadata"]["name"]
-    api.create("CritiqueRun", name, sl["spec"])
-    api.create("PreferenceModel", "quickstart-pm", {
-        "constitutionRef": {"name": "harmless"}, "policy": {"critiqueRunRef": {"name": name}},
-        "prompts": {"source": "builtin:red-team", "limit": 4}, "generation": SMALL_GENERATION,
-        "training": SMALL_TRAINING, "resources": POD_PLACEMENT})
-    api.create("RLAIFRun", "quickstart-rl", {
-        "policy": {"critiqueRunRef": {"name": name}}, "rewardModelRef": {"name": "quickstart-pm"},
-        "prompts": {"source": "builtin:red-team", "limit": 4}, "steps": 2, "generationsPerPrompt": 2,
-        "batchSize": 2, "maxNewTokens": 16, "resources": POD_PLACEMENT,
-        "evaluation": {"redTeamPrompts": {"source": "builtin:red-team", "split": "test", "limit": 2},
-                       "helpfulPrompts": {"source": "builtin:helpful", "split": "test", "limit": 2},
-                       "maxNewTokens": 16}})
+    runs = {r["kind"]: r for r in quickstart()}
+    for kind in ("RLAIFRun", "PreferenceModel", "CritiqueRun"):  # dependents first: they wait
+        api.create(kind, runs[kind]["metadata"]["name"], runs[kind]["spec"])
+    name, pm_name, rl_name = (runs[k]["metadata"]["name"] for k in ("CritiqueRun", "PreferenceModel", "RLAIFRun"))
 
     def why() -> str:
         return f"{local_kubelet.describe(kube_namespace)}\n--- operator ---\n{op.log_tail()}"
 
     api.wait_condition("CritiqueRun", name, "Succeeded", "True", timeout=300, log=why)
-    api.wait_condition("PreferenceModel", "quickstart-pm", "Ready", "True", timeout=300, log=why)
-    api.wait_condition("RLAIFRun", "quickstart-rl", "Succeeded", "True", timeout=360, log=why)
+    api.wait_condition("PreferenceModel", pm_name, "Ready", "True", timeout=300, log=why)
+    api.wait_condition("RLAIFRun", rl_name, "Succeeded", "True", timeout=360, log=why)
 
     fs = s3_server.filesystem()
     sl_status = api.get("CritiqueRun", name)["status"]
-    pm_status = api.get("PreferenceModel", "quickstart-pm")["status"]
-    rl_status = api.get("RLAIFRun", "quickstart-rl")["status"]
+    pm_status = api.get("PreferenceModel", pm_name)["status"]
+    rl_status = api.get("RLAIFRun", rl_name)["status"]
     for status in (sl_status, pm_status, rl_status):
         assert all(c["status"] == "True" for c in status["conditions"]), status["conditions"]
         for uri in status["outputs"].values():
             assert uri.startswith(root + "/"), uri
             artifact = uri.removesuffix("/report.html")
             manifest = json.loads(fs.cat(f"{artifact.removeprefix('s3://')}/manifest.json"))
-            assert manifest["producer"]["name"] in (name, "quickstart-pm", "quickstart-rl")
+            assert manifest["producer"]["name"] in (name, pm_name, rl_name)
     # Figures read from the stages' manifests.
     assert sl_status["metrics"]["sftRows"] > 0 and sl_status["metrics"]["tokensGenerated"] > 0
     assert 0.0 <= pm_status["metrics"]["heldOutAccuracy"] <= 1.0
@@ -103,14 +109,14 @@ def test_quickstart_runs_through_the_operator(api, start_operator, local_kubelet
     assert "harmlessWinRate" in rl_status["metrics"]
     # Dependents started from their dependencies' outputs and the same Constitution version.
     assert rl_status["constitutionDigest"] == pm_status["constitutionDigest"] == sl_status["constitutionDigest"]
-    spec = json.loads(api.core("configmaps", "quickstart-rl-rlaif-spec")["data"]["train-policy.json"])
+    spec = json.loads(api.core("configmaps", f"{rl_name}-rlaif-spec")["data"]["train-policy.json"])
     assert spec["models"] == {"policy": sl_status["outputs"]["model"], "reward": pm_status["outputs"]["model"]}
     # Stage pods ran with credentials from the Secret only.
     for job in api.jobs():
         env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             assert env[key] == {"name": key, "valueFrom": {"secretKeyRef": {"name": "cai-s3", "key": key}}}
-    reasons = [e["reason"] for e in api.events("quickstart-rl")]
+    reasons = [e["reason"] for e in api.events(rl_name)]
     assert reasons.index("WaitingForDependency") < reasons.index("JobCreated") < reasons.index("Succeeded")
 
     # Prometheus scraped the operator: run counts by state and stage durations.
@@ -126,8 +132,8 @@ def test_quickstart_runs_through_the_operator(api, start_operator, local_kubelet
     slowest = prometheus.query(f'max(cai_stage_duration_seconds_sum{{job="cai-operator-{ns}"}})')
     assert float(slowest[0]["value"][1]) >= 1.0
     assert prometheus.query(f'cai_tokens_generated_total{{job="cai-operator-{ns}",stage="generate-revisions"}} > 0')
-    assert prometheus.query(f'cai_preference_model_accuracy{{job="cai-operator-{ns}",name="quickstart-pm"}}')
-    assert prometheus.query(f'cai_policy_reward{{job="cai-operator-{ns}",name="quickstart-rl"}}')
+    assert prometheus.query(f'cai_preference_model_accuracy{{job="cai-operator-{ns}",name="{pm_name}"}}')
+    assert prometheus.query(f'cai_policy_reward{{job="cai-operator-{ns}",name="{rl_name}"}}')
     prometheus.remove_target(f"cai-operator-{ns}")
 
 
