@@ -87,7 +87,7 @@ def test_critique_run_lifecycle(api, start_operator, kube_namespace):
     # Deleting the run garbage-collects its Jobs and ConfigMap through ownerReferences.
     api.delete("CritiqueRun", "sl")
     until("Jobs and ConfigMap garbage-collected", lambda: not api.jobs() and api.core("configmaps", "sl-crun-spec") is None,
-          timeout=60)
+          timeout=120)  # the garbage collector learns new CRDs on its discovery resync (30 s)
 
 
 def test_preference_model_and_rlaif_wait_for_their_dependencies(api, start_operator):
