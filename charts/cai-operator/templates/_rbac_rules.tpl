@@ -10,7 +10,7 @@
 # status is written through the status subresource (merge patch with resourceVersion)
 - apiGroups: [cai.dev]
   resources: [constitutions/status, critiqueruns/status, preferencemodels/status, rlaifruns/status]
-  verbs: [get, patch]
+  verbs: [patch]
 # ownerReferences with blockOwnerDeletion on stage Jobs/ConfigMaps/Services (OwnerReferencesPermissionEnforcement)
 - apiGroups: [cai.dev]
   resources: [critiqueruns/finalizers, preferencemodels/finalizers, rlaifruns/finalizers]
