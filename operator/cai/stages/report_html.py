@@ -53,10 +53,13 @@ def _plots(out: Path, win_rates, heldout, pm_loss, rl_log) -> dict[str, str]:
                         fmt="o", capsize=4, color="tab:blue")
         ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
         ax.set_yticks(ys, [label for label, _ in rows])
-        ax.set_xlim(0, 1)
-        ax.set_xlabel("win rate (mean P(first better) by the feedback model, 95% bootstrap CI)")
+        # Zoom on the intervals (soft win rates of small feedback models sit close to 0.5).
+        lo = min(min(wr["ciLow"] for _, wr in rows), 0.45) - 0.03
+        hi = max(max(wr["ciHigh"] for _, wr in rows), 0.55) + 0.03
+        ax.set_xlim(max(0.0, lo), min(1.0, hi))
+        ax.set_xlabel("win rate: mean P(first better), 95% bootstrap CI")
         fig.tight_layout()
-        fig.savefig(out / "win_rates.png", dpi=110)
+        fig.savefig(out / "win_rates.png", dpi=110, bbox_inches="tight")
         plt.close(fig)
         files["winRates"] = "win_rates.png"
 
@@ -76,7 +79,7 @@ def _plots(out: Path, win_rates, heldout, pm_loss, rl_log) -> dict[str, str]:
         hx.set_xlabel("σ(rA − rB)")
         hx.set_ylabel("count")
         fig.tight_layout()
-        fig.savefig(out / "pm_reliability.png", dpi=110)
+        fig.savefig(out / "pm_reliability.png", dpi=110, bbox_inches="tight")
         plt.close(fig)
         files["reliability"] = "pm_reliability.png"
 
@@ -87,7 +90,7 @@ def _plots(out: Path, win_rates, heldout, pm_loss, rl_log) -> dict[str, str]:
         ax.set_ylabel("soft-label loss")
         ax.set_title("Preference model training loss")
         fig.tight_layout()
-        fig.savefig(out / "pm_loss.png", dpi=110)
+        fig.savefig(out / "pm_loss.png", dpi=110, bbox_inches="tight")
         plt.close(fig)
         files["pmLoss"] = "pm_loss.png"
 
@@ -101,7 +104,7 @@ def _plots(out: Path, win_rates, heldout, pm_loss, rl_log) -> dict[str, str]:
         ax.set_xlabel("RL step")
         ax.set_title(title)
         fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
+        fig.savefig(out / name, dpi=110, bbox_inches="tight")
         plt.close(fig)
         files["rl" + key.capitalize()] = name
     return files
