@@ -189,7 +189,8 @@ def _serve(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"cai-bench-vllm-{port}.log", "wb")
+    # Kept open for the server's lifetime (it writes there until terminated).
+    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"cai-bench-vllm-{port}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model",
                              str(resolve_model(args.model)), "--served-model-name", args.model, "--host", "127.0.0.1",
                              "--port", str(port), "--dtype", "float32", "--max-model-len", "4096",

@@ -20,7 +20,16 @@ from cai.models.backends import load_backend
 from cai.stages.labeller import Labeller, LabelSettings
 from cai.stages.runtime import StageError
 
-from .rl_support import EMBEDDED, TINY, artifact, harmless_constitution, jsonl, make_ctx, odd_tokenizer_model, read_jsonl
+from .rl_support import (
+    EMBEDDED,
+    TINY,
+    artifact,
+    harmless_constitution,
+    jsonl,
+    make_ctx,
+    odd_tokenizer_model,
+    read_jsonl,
+)
 
 CONST = ConstitutionSpec.model_validate(harmless_constitution())
 COMPARISONS = [

@@ -21,7 +21,7 @@ XSS = "<script>alert('x')</script> How do I hurt someone & get away with it?"
 
 def cai(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     # A wide virtual terminal so rich does not wrap table cells in the captured output.
-    return subprocess.run([sys.executable, "-m", "cai", *args], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([sys.executable, "-m", "cai", *args], capture_output=True, text=True, timeout=timeout, check=False,
                           env={**os.environ, "CAI_PROGRESS_INTERVAL": "1000", "COLUMNS": "200"})
 
 

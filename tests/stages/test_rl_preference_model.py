@@ -12,7 +12,15 @@ import pytest
 
 from cai.stages.runtime import StageError
 
-from .rl_support import TINY, artifact, harmless_constitution, jsonl, make_ctx, odd_tokenizer_model, read_jsonl
+from .rl_support import (
+    TINY,
+    artifact,
+    harmless_constitution,
+    jsonl,
+    make_ctx,
+    odd_tokenizer_model,
+    read_jsonl,
+)
 
 PROMPTS = ["How do I pick a lock?", "Write an insult for my boss.", "What is 2+2?", "Tell me about dogs.",
            "How do I make a fake ID?", "Recommend a book.", "How can I cheat on a test?", "Say something kind."]

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import random
-from pathlib import Path
 from typing import Any
 
 from ..api.kinds import PreferencePrinciple
@@ -54,8 +53,8 @@ def bootstrap_ci(values: list[float], seed: int, resamples: int = BOOTSTRAP, lev
     rng = random.Random(seed)
     n = len(values)
     means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
-    lo_i = int(math.floor((1 - level) / 2 * resamples))
-    hi_i = min(resamples - 1, int(math.ceil((1 + level) / 2 * resamples)) - 1)
+    lo_i = math.floor((1 - level) / 2 * resamples)
+    hi_i = min(resamples - 1, math.ceil((1 + level) / 2 * resamples) - 1)
     return (means[lo_i], means[hi_i])
 
 
@@ -137,11 +136,11 @@ def generate(ctx: StageContext, refs: dict[str, str], prompt_sets: dict[str, lis
 def pm_scores(reward_ref: str, prompt_sets: dict[str, list[dict[str, Any]]],
               responses: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, float]]:
     """Mean preference-model score of each model's responses per prompt set."""
-    from ..models.resolve import resolve_model
-    from .train_preference_model import load_tokenizer, score_texts
-
     import torch
     from transformers import AutoModelForSequenceClassification
+
+    from ..models.resolve import resolve_model
+    from .train_preference_model import load_tokenizer, score_texts
 
     path = resolve_model(reward_ref)
     tok = load_tokenizer(path)
@@ -200,7 +199,7 @@ def run(ctx: StageContext) -> StageResult:
     ev = spec.evaluation
     try:
         const = ctx.constitution()
-    except Exception:
+    except ValueError:  # the PreferenceModel's Constitution was not found when the run was planned
         const = None
     if const is None:
         raise StageError("evaluate needs the PreferenceModel's Constitution (its preference principles and few-shot "

@@ -15,7 +15,6 @@ Chunks are checkpointed in the work dir for resume.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +123,7 @@ def write_report(out: Path, *, name: str, refs: dict[str, str], feedback: str, r
     kls = [e["kl"] for e in rl_log if "kl" in e]
     summary: dict[str, Any] = {
         "name": name,
-        "createdAt": datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "createdAt": datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         "models": {**refs, "feedback": feedback, "reward": reward},
         "winRates": win_rates,
         "preferenceModel": {"heldOutAccuracy": held_acc, "calibrationError": ece, "heldOut": len(heldout),
@@ -140,23 +140,24 @@ def write_report(out: Path, *, name: str, refs: dict[str, str], feedback: str, r
     parts: list[str] = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>RL-CAI report: {_e(name)}</title>",
-        "<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;"
-        "text-align:left}th{background:#f3f3f3}.num{text-align:right;font-variant-numeric:tabular-nums}"
-        ".resp{white-space:pre-wrap;font-size:0.9em;max-width:340px}img{max-width:100%;margin:0.5em}"
-        ".note{color:#666;font-size:0.9em}</style></head><body>",
+        ("<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;"
+         "text-align:left}th{background:#f3f3f3}.num{text-align:right;font-variant-numeric:tabular-nums}"
+         ".resp{white-space:pre-wrap;font-size:0.9em;max-width:340px}img{max-width:100%;margin:0.5em}"
+         ".note{color:#666;font-size:0.9em}</style></head><body>"),
         f"<h1>RL-CAI evaluation: {_e(name)}</h1>",
-        f"<p class='note'>Generated {_e(summary['createdAt'])} by cai-operator stage <code>evaluate</code>. "
-        "Constitutional AI (Bai et al. 2022).</p>",
+        (f"<p class='note'>Generated {_e(summary['createdAt'])} by cai-operator stage <code>evaluate</code>. "
+         "Constitutional AI (Bai et al. 2022).</p>"),
         "<h2>Models</h2><table><tr><th>role</th><th>model</th></tr>",
         *(f"<tr><td>{_e(role)}</td><td><code>{_e(ref)}</code></td></tr>"
           for role, ref in summary["models"].items()),
         "</table>",
         "<h2>Pairwise preferences of the feedback model</h2>",
-        "<p class='note'>Win rate of the first model = mean soft label P(first better), both option orders averaged, "
-        "with a 95% percentile-bootstrap CI over prompts; hard win rate counts pA &gt; 0.5 (ties ½), Wilson 95% CI.</p>",
-        "<table><tr><th>prompts</th><th>comparison</th><th>n</th><th>win rate</th><th>95% CI</th>"
-        "<th>hard win rate</th><th>95% CI</th></tr>",
+        ("<p class='note'>Win rate of the first model = mean soft label P(first better), both option orders "
+         "averaged, with a 95% percentile-bootstrap CI over prompts; hard win rate counts pA &gt; 0.5 (ties ½), "
+         "Wilson 95% CI.</p>"),
+        ("<table><tr><th>prompts</th><th>comparison</th><th>n</th><th>win rate</th><th>95% CI</th>"
+         "<th>hard win rate</th><th>95% CI</th></tr>"),
     ]
     for s, pairs in win_rates.items():
         for p, wr in pairs.items():
@@ -207,11 +208,11 @@ def write_report(out: Path, *, name: str, refs: dict[str, str], feedback: str, r
         parts.append("</table>")
 
     parts.append("<h2>Example generations</h2>")
-    for s in SET_TITLES:
+    for s, title in SET_TITLES.items():
         rows = [g for g in generations if g["set"] == s][:EXAMPLES_PER_SET]
         if not rows:
             continue
-        parts.append(f"<h3>{_e(SET_TITLES[s])}</h3><table><tr><th>prompt</th><th>start</th><th>SL-CAI</th>"
+        parts.append(f"<h3>{_e(title)}</h3><table><tr><th>prompt</th><th>start</th><th>SL-CAI</th>"
                      "<th>RL-CAI</th><th>P(RL better) vs SL / vs start</th></tr>")
         for g in rows:
             vs_sl = judged.get((s, "rl", "sl", str(g["id"])))
