@@ -14,6 +14,14 @@ QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 
 Backend = Literal["auto", "transformers", "vllm", "openai"]
 
+# Shared by every spec with a `backend` and an `endpoint` (generation, labelling).
+OPENAI_NEEDS_ENDPOINT = Rule(
+    cel="self.backend != 'openai' || has(self.endpoint)",
+    message="endpoint is required when backend is openai",
+    field="endpoint",
+    check=lambda spec: spec.backend != "openai" or bool(spec.endpoint),
+)
+
 
 class ObjectRef(ApiModel):
     """A reference to another object of the same namespace, by name."""
@@ -63,14 +71,7 @@ class GenerationSpec(ApiModel):
     top_p: float = Field(1.0, description="Nucleus sampling probability mass.", gt=0, le=1)
     batch_size: int = Field(16, description="Prompts per generation batch.", ge=1, le=1024)
 
-    rules = (
-        Rule(
-            cel="self.backend != 'openai' || has(self.endpoint)",
-            message="endpoint is required when backend is openai",
-            field="endpoint",
-            check=lambda g: g.backend != "openai" or bool(g.endpoint),
-        ),
-    )
+    rules = (OPENAI_NEEDS_ENDPOINT,)
 
 
 class LoraSpec(ApiModel):

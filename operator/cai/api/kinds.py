@@ -13,6 +13,7 @@ from pydantic import Field
 
 from .base import MAX_LIST, MAX_SHORT_TEXT, MAX_TEXT, ApiModel, Rule
 from .common import (
+    OPENAI_NEEDS_ENDPOINT,
     Condition,
     FinetuneSpec,
     GenerationSpec,
@@ -191,12 +192,7 @@ class LabelingSpec(ApiModel):
             field="clamp",
             check=lambda s: 0.0 <= s.clamp[0] <= 0.5 <= s.clamp[1] <= 1.0,
         ),
-        Rule(
-            cel="self.backend != 'openai' || has(self.endpoint)",
-            message="endpoint is required when backend is openai",
-            field="endpoint",
-            check=lambda s: s.backend != "openai" or bool(s.endpoint),
-        ),
+        OPENAI_NEEDS_ENDPOINT,
     )
 
 
