@@ -30,10 +30,11 @@ def tiny_model_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_backend(tiny_model_dir: Path) -> Iterator[object]:
     """A transformers backend on tiny-random with a small batch size, so a handful of prompts
-    already spans several batches (padding and re-ordering are exercised)."""
+    already spans several batches (padding and re-ordering are exercised). float32 throughout: tests
+    compare its greedy texts across batchings and backends exactly."""
     from cai.models.backends import load_backend
 
-    backend = load_backend("transformers", TINY_MODEL, batch_size=3)
+    backend = load_backend("transformers", TINY_MODEL, batch_size=3, dtype="float32")
     yield backend
     backend.close()
 

@@ -246,11 +246,13 @@ def test_load_backend_kinds() -> None:
         assert resolve_kind("auto", endpoint="http://x") == "transformers"  # auto never picks openai
 
 
-def test_load_backend_auto_gives_a_working_transformers_backend(tiny_backend: TransformersBackend) -> None:
+def test_load_backend_auto_gives_a_working_transformers_backend(tiny_backend: TransformersBackend,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("auto picks vLLM on GPU machines")
+    monkeypatch.setenv("CAI_CPU_BF16", "0")  # float32 generation, comparable with the fixture's
     backend = load_backend("auto", "builtin:tiny-random", batch_size=2)
     try:
         assert backend.name == "transformers" and backend.model == "builtin:tiny-random"
@@ -338,6 +340,34 @@ def _reference_logprobs(model_dir: Path, prompts: list[str], tokens: list[str]) 
             logprobs = torch.log_softmax(model(input_ids).logits[0, -1].float(), dim=-1)
             out.append([logprobs[i[0]].item() for i in ids])
     return out
+
+
+def test_auto_dtype_on_amx_cpus_generates_in_bf16_and_scores_in_fp32(
+        tiny_backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CPU path")
+    # The AMX probe is forced so the test means the same on every CPU (bf16 is emulated, not wrong,
+    # without AMX).
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    backend = load_backend("transformers", "builtin:tiny-random", batch_size=3)
+    try:
+        assert backend.generator.dtype == torch.bfloat16 and backend.lm.dtype == torch.float32
+        prompts = [tiny_backend.render_chat(c) + "The answer is: (" for c in CONVERSATIONS]
+        assert backend.score_next_token(prompts, ["A", "B"]) == tiny_backend.score_next_token(prompts, ["A", "B"])
+        out = backend.chat(CONVERSATIONS, GREEDY)
+        assert all(row[0].completion_tokens > 0 for row in out)
+        assert out == backend.chat(CONVERSATIONS, GREEDY)  # deterministic
+    finally:
+        backend.close()
+    for env, dtype in (("0", "auto"), ("1", "float32")):
+        monkeypatch.setenv("CAI_CPU_BF16", env)
+        backend = load_backend("transformers", "builtin:tiny-random", batch_size=3, dtype=dtype)
+        try:
+            assert backend.generator is backend.lm and backend.lm.dtype == torch.float32
+        finally:
+            backend.close()
 
 
 def test_score_next_token_matches_unbatched_forward(tiny_backend: TransformersBackend, tiny_model_dir: Path) -> None:

@@ -6,11 +6,17 @@ a GPU+vLLM). Imported lazily: torch and transformers load only when a backend is
 Throughput comes from batching: prompts are sorted by token length so each batch pads little,
 padded on the left (decoder-only models continue from the right edge), generated together, and
 put back in input order. `score_next_token` is a single forward pass per prompt, also batched.
+
+Precision: with `dtype="auto"` on a CPU with AMX tiles (Sapphire Rapids and later), generation runs
+on a bfloat16 copy of the model, loaded on first use (bf16 matmuls run natively there, about 2.8x
+fp32 on the embedded model at batch 32), while `score_next_token` keeps the float32 weights, so
+labels stay exact. `dtype="float32"` or `CAI_CPU_BF16=0` keeps generation in float32 too.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -53,6 +59,13 @@ def _pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
         return _DTYPES[dtype]
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}; use auto, " + ", ".join(sorted(_DTYPES))) from None
+
+
+def _cpu_generates_in_bf16(dtype: str, device: torch.device) -> bool:
+    """bf16 generation pays only where the CPU multiplies bf16 natively (AMX); elsewhere it is emulated."""
+    if dtype != "auto" or device.type != "cpu" or os.environ.get("CAI_CPU_BF16", "1") == "0":
+        return False
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 class _FinishTracker(StoppingCriteria):
@@ -114,7 +127,22 @@ class TransformersBackend:
         self.eos_ids = sorted(eos_ids)
         self.max_positions: int | None = getattr(self.lm.config, "max_position_embeddings", None)
         self._option_ids: dict[str, int] = {}
-        log.info("Loaded %s from %s on %s (%s)", model, self.path, self.device, self.dtype)
+        self._bf16_generation = _cpu_generates_in_bf16(dtype, self.device)
+        self._generator: Any = None
+        log.info("Loaded %s from %s on %s (%s%s)", model, self.path, self.device, self.dtype,
+                 "; generation in bfloat16 on this AMX CPU" if self._bf16_generation else "")
+
+    @property
+    def generator(self) -> Any:
+        """The model `generate` runs on: `lm` itself, or its bfloat16 copy (see the module docstring)."""
+        if self._generator is None:
+            # Loaded again rather than cast: a cast would also turn fp32 buffers (RoPE's inv_freq) into
+            # bf16, which costs accuracy and, measured here, 40% of the speed-up.
+            self._generator = (
+                AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.bfloat16).to(self.device).eval()
+                if self._bf16_generation else self.lm
+            )
+        return self._generator
 
     # ------------------------------------------------------------------ prompts
 
@@ -222,7 +250,7 @@ class TransformersBackend:
             input_ids, mask = self._left_pad(rows)
             return input_ids, mask, {}
         prefix = torch.tensor([rows[0][:shared]], dtype=torch.long, device=self.device)
-        cache = self.lm(input_ids=prefix, use_cache=True).past_key_values
+        cache = self.generator(input_ids=prefix, use_cache=True).past_key_values
         cache.batch_repeat_interleave(len(rows))
         suffix_ids, suffix_mask = self._left_pad([r[shared:] for r in rows])
         input_ids = torch.cat([prefix.expand(len(rows), -1), suffix_ids], dim=1)
@@ -240,7 +268,7 @@ class TransformersBackend:
         # A private RNG stream per batch: reproducible, and the caller's global RNG is untouched.
         with torch.random.fork_rng(devices=devices, device_type=self.device.type):
             torch.manual_seed(seed % (2**63))
-            out = self.lm.generate(
+            out = self.generator.generate(
                 input_ids=input_ids,
                 attention_mask=mask,
                 generation_config=gen_config,
@@ -300,6 +328,7 @@ class TransformersBackend:
 
     def close(self) -> None:
         # Drop the references so the memory can go; callers may keep the backend object around.
+        self._generator = None
         for attr in ("lm", "tokenizer"):
             if hasattr(self, attr):
                 delattr(self, attr)
