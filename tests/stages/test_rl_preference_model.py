@@ -95,7 +95,7 @@ def pm_ctx(tmp_path, rows, models=None, **training):
                     constitution=harmless_constitution())
 
 
-def test_training_changes_the_weights_and_writes_the_artifact(tmp_path, tiny_model_dir):
+def test_training_changes_the_weights_and_writes_the_artifact(tmp_path, tiny_model_dir, capfd):
     import torch
     from safetensors.torch import load_file
 
@@ -121,6 +121,8 @@ def test_training_changes_the_weights_and_writes_the_artifact(tmp_path, tiny_mod
     assert all(h["q"] == pytest.approx(1 / (1 + math.exp(h["rB"] - h["rA"]))) for h in held)
     curve = json.loads((out / "loss_curve.json").read_text())
     assert [c["step"] for c in curve] == list(range(1, 7))
+    # The new score head is expected: transformers' MISSING-weights table stays out of the log.
+    assert "LOAD REPORT" not in capfd.readouterr().err
 
 
 def test_nan_labels_are_rejected_before_training(tmp_path):
@@ -141,6 +143,26 @@ def test_a_preference_model_base_with_another_tokenizer_is_rejected(tmp_path):
     odd = odd_tokenizer_model(tmp_path / "odd")
     ctx = pm_ctx(tmp_path, comparisons(4), models={"base": str(odd), "policy": TINY})
     with pytest.raises(StageError, match="different tokenizer than the policy"):
+        train_preference_model.run(ctx)
+    assert not (ctx.out_dir / "model.safetensors").exists()
+
+
+def test_a_base_checkpoint_missing_backbone_weights_is_rejected(tmp_path, tiny_model_dir):
+    """Only the score head may be new: a backbone weight missing from the checkpoint would otherwise be
+    initialised at random and train silently."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from cai.stages import train_preference_model
+
+    partial = tmp_path / "partial-base"
+    shutil.copytree(tiny_model_dir, partial)
+    weights = load_file(partial / "model.safetensors")
+    del weights["model.layers.0.mlp.down_proj.weight"]
+    save_file(weights, partial / "model.safetensors", metadata={"format": "pt"})
+    ctx = pm_ctx(tmp_path, comparisons(4), models={"base": str(partial), "policy": TINY})
+    with pytest.raises(StageError, match=r"lacks 1 backbone weight\(s\) \(model.layers.0.mlp.down_proj.weight\)"):
         train_preference_model.run(ctx)
     assert not (ctx.out_dir / "model.safetensors").exists()
 

