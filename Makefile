@@ -19,6 +19,7 @@ help:
 	@echo "make demo      - set up, prepare the embedded model, run the quickstart CAI pipeline"
 	@echo "make test      - set up everything (Python env, test control plane) and run all tests"
 	@echo "make test-fast - unit and stage tests only (no control plane)"
+	@echo "make lint      - ruff over the whole tree (a unit test keeps it clean)"
 	@echo "make crds      - regenerate crds/ (and the Helm chart's copy) from the API types"
 	@echo "make cluster / cluster-up / cluster-down - the test control plane (see README)"
 
@@ -46,6 +47,9 @@ crds: env
 
 validate: env
 	$(BIN)/cai validate constitutions/ examples/
+
+lint: env
+	$(BIN)/ruff check .
 
 test-fast: models
 	$(BIN)/pytest tests/unit tests/stages $(PYTEST_ARGS)

@@ -33,8 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.cluster import control_plane as cp  # noqa: E402
-from tests.integration.operator_support import constitution_spec, install_crds  # noqa: E402
+from tests.cluster import control_plane as cp
+from tests.integration.operator_support import constitution_spec, install_crds
 
 
 def quantile(buckets: list[tuple[float, float]], q: float) -> float:
@@ -118,7 +118,7 @@ def main() -> int:
     env.update({"CAI_STORAGE_URI": f"s3://{s3.bucket}/{ns}", "CAI_S3_ENDPOINT": s3.endpoint,
                 "AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key,
                 "CAI_WORKERS": str(args.workers), "CAI_LOG_LEVEL": "WARNING"})
-    log = open(Path(tempfile.gettempdir()) / f"cai-bench-operator-{ns}.log", "wb")
+    log = open(Path(tempfile.gettempdir()) / f"cai-bench-operator-{ns}.log", "wb")  # noqa: SIM115 (open while the operator runs)
     prof = ["-m", "cProfile", "-o", args.profile] if args.profile else []
     op = subprocess.Popen([sys.executable, *prof, "-m", "cai", "operator", f"--kubeconfig={kube.kubeconfig}",
                            f"--namespace={ns}", "--standalone", f"--metrics-port={metrics_port}",
@@ -219,7 +219,7 @@ def main() -> int:
 def _wait_namespaces_gone(kube, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        code, body = kube.request("GET", "/api/v1/namespaces")
+        _, body = kube.request("GET", "/api/v1/namespaces")
         if not [n for n in body["items"] if n["metadata"]["name"].startswith("bench-")]:
             return
         time.sleep(1)
@@ -268,7 +268,7 @@ def _watch_first_jobs(kube, ns: str, n: int, seen: set[str], done: threading.Eve
                     done.set()
                     w.stop()
                     break
-        except Exception:
+        except Exception:  # noqa: BLE001 — watch expired or connection reset: watch again
             rv = None
     api.close()
 

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from typing import Self
 
 PREFIX = "@@cai-progress "
 
@@ -44,7 +45,7 @@ class Progress:
             eta = f", ETA {(self.total - self.done) / rate:.0f}s" if rate > 0 and self.done < self.total else ""
             print(f"{self.task}: {self.done}/{self.total} {self.unit} ({rate:.2f}/s{eta})", file=sys.stderr, flush=True)
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

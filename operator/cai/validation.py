@@ -7,8 +7,8 @@ references between manifests, duplicate names, model references and prompt sourc
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from .api.manifest import Problem, Resource, load_documents, parse_resource
 from .pipeline.plan import Lookup, model_refs, references

@@ -77,7 +77,7 @@ class LocalKubelet:
 
     # ---- lifecycle
 
-    def start(self) -> "LocalKubelet":
+    def start(self) -> LocalKubelet:
         self.kube.create_node(self.node, labels={NODE_LABEL[0]: NODE_LABEL[1]}, taints=[TAINT])
         self.watcher = threading.Thread(target=self._watch, name="local-kubelet", daemon=True)
         self.watcher.start()
@@ -116,7 +116,7 @@ class LocalKubelet:
                     if self.stop_event.is_set():
                         w.stop()
                         break
-            except Exception as e:  # keep the node alive through watch expiry and connection resets
+            except Exception as e:  # noqa: BLE001 — keep the node alive through watch expiry and connection resets
                 if not self.stop_event.is_set():
                     self.errors.append(f"watch: {type(e).__name__}: {e}")
                     time.sleep(0.5)
@@ -222,7 +222,7 @@ class LocalKubelet:
     def _run_pod(self, run: PodRun, pod: dict[str, Any]) -> None:
         try:
             self._run_pod_inner(run, pod)
-        except Exception as e:  # report to the apiserver like a kubelet that cannot start the container
+        except Exception as e:  # noqa: BLE001 — report to the apiserver like a kubelet that cannot start the container
             self.errors.append(f"{run.namespace}/{run.name}: {type(e).__name__}: {e}")
             self._patch_status(run, pod, phase="Failed", exit_code=128, reason="ContainerCannotRun",
                                message=f"{type(e).__name__}: {e}", started=_now())

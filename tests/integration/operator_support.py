@@ -21,8 +21,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -113,7 +114,7 @@ class OperatorProcess:
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
-    def start(self, wait: bool = True) -> "OperatorProcess":
+    def start(self, wait: bool = True) -> OperatorProcess:
         argv = [sys.executable, "-m", "cai", "operator", f"--kubeconfig={self.kubeconfig}",
                 f"--metrics-port={self.metrics_port}", f"--health-port={self.health_port}",
                 *(f"--namespace={n}" for n in self.namespaces)]
@@ -263,7 +264,7 @@ KWOK = {"nodeSelector": {"type": "kwok"}}  # pods the kwok node completes
 
 # ------------------------------------------------------------------------------------------ fixtures
 # Imported by tests/integration/conftest.py and tests/e2e/conftest.py.
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")

@@ -206,7 +206,7 @@ def test_kueue_queue_and_constitution_edited_mid_run(api, start_operator):
 
     for stage in ("generate-revisions", "finetune"):  # admit each stage's Job as Kueue would
         name = f"queued-{stage}"
-        until(f"Job {name}", lambda: api.job(name))
+        until(f"Job {name}", lambda name=name: api.job(name))
         code, body = api.kube.request("PATCH", f"/apis/batch/v1/namespaces/{api.ns}/jobs/{name}", {"spec": {"suspend": False}},
                                       content_type="application/merge-patch+json")
         assert code == 200, body

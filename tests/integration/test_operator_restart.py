@@ -51,7 +51,7 @@ class JobRecorder:
                     rv = meta.resource_version
                     if self.stop.is_set():
                         break
-            except Exception:  # watch expired (410) or connection reset: list again and carry on
+            except Exception:  # noqa: BLE001 — watch expired (410) or connection reset: list again and carry on
                 rv = None
                 for job in self.batch.list_namespaced_job(self.namespace).items:
                     self.uids[job.metadata.name].add(job.metadata.uid)
@@ -145,7 +145,7 @@ def test_operator_killed_and_restarted_at_random_points(api, start_operator, kub
         # Queued runs advance only as fast as the test admits their Jobs, so the kills below land at
         # every phase of the runs: before planning, between stages, with Jobs queued, running, finished.
         expected = create_workload(api, chains=4, singles=4, queue="paced")
-        summaries = lambda: [(api.condition(k, n, SUMMARY[k]) or {}).get("status") for (k, n) in expected]  # noqa: E731
+        summaries = lambda: [(api.condition(k, n, SUMMARY[k]) or {}).get("status") for (k, n) in expected]
         kills: list[int] = []  # runs finished at each kill
         while sum(1 for k in kills if k < len(expected)) < 10 and len(kills) < 30:
             # Half the kills land during start-up (before or while the operator lists and indexes),

@@ -87,11 +87,11 @@ def test_cai_run_with_an_s3_store(prefix, s3_env, tmp_path):
                  "generation": {"maxNewTokens": 8}, "finetune": {"enabled": False}},
     }))
     r = subprocess.run([sys.executable, "-m", "cai", "run", str(ROOT / "constitutions" / "harmless.yaml"), str(manifest),
-                        "--store", prefix, "--quiet"], capture_output=True, text=True, env=s3_env.env, timeout=600)
+                        "--store", prefix, "--quiet"], capture_output=True, check=False, text=True, env=s3_env.env, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert s3_env.secret_key not in r.stdout + r.stderr, "credentials never appear in output"
     manifest_uri = f"{prefix}/default/critiqueruns/s3-sl/local/generate-revisions"
     assert read_manifest(manifest_uri)["metrics"]["chains"] == 2
-    status = subprocess.run([sys.executable, "-m", "cai", "status", "--store", prefix], capture_output=True, text=True,
+    status = subprocess.run([sys.executable, "-m", "cai", "status", "--store", prefix], capture_output=True, check=False, text=True,
                             env=s3_env.env)
     assert "s3-sl" in status.stdout and "Succeeded=True" in status.stdout

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -43,7 +42,7 @@ def write_manifest(path: Path, doc: dict) -> Path:
 
 
 def cai(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cai", *args], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([sys.executable, "-m", "cai", *args], capture_output=True, check=False, text=True, timeout=timeout,
                           env={**os.environ, "CAI_PROGRESS_INTERVAL": "1000"})
 
 

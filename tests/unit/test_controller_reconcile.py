@@ -58,8 +58,8 @@ def ctx(*resources):
 def job(run, stage, **kw):
     from cai.controller.builders import job_name
 
-    defaults = dict(name=job_name(run.name, stage), namespace="ns", uid=f"job-{stage}", owner_uid=run.uid, stage=stage,
-                    output=f"s3://bucket/root/ns/{run.info.plural}/{run.name}/{run.uid}/{stage}")
+    defaults = {"name": job_name(run.name, stage), "namespace": "ns", "uid": f"job-{stage}", "owner_uid": run.uid, "stage": stage,
+                    "output": f"s3://bucket/root/ns/{run.info.plural}/{run.name}/{run.uid}/{stage}"}
     return JobObs(**{**defaults, **kw})
 
 

@@ -3,6 +3,7 @@ status transitions are consistent, principle draws are reproducible."""
 
 from __future__ import annotations
 
+from cai.api.kinds import STAGES
 from cai.api.manifest import parse_resource
 from cai.constitution import draw, stable_seed
 from cai.pipeline import Blocked, Plan, plan_resource
@@ -16,7 +17,6 @@ from cai.pipeline.status import (
     mark_stage_started,
     mark_stage_succeeded,
 )
-from cai.api.kinds import STAGES
 
 CONST = {"critiqueRevisionPrinciples": [{"name": f"p{i}", "critique": f"c{i}", "revision": f"r{i}"} for i in range(16)],
          "preferencePrinciples": [{"name": "q", "question": "Which is less harmful?"}]}

@@ -5,9 +5,20 @@ Imports only pydantic: the operator image and `cai validate` use it without ML l
 
 from .base import API_VERSION, GROUP, VERSION, ApiModel, Rule
 from .kinds import KINDS, STAGES, KindInfo, StageInfo
-from .manifest import Resource, ManifestError, load_manifests, parse_resource
+from .manifest import ManifestError, Resource, load_manifests, parse_resource
 
 __all__ = [
-    "API_VERSION", "GROUP", "VERSION", "ApiModel", "Rule", "KINDS", "STAGES", "KindInfo", "StageInfo",
-    "Resource", "ManifestError", "load_manifests", "parse_resource",
+    "API_VERSION",
+    "GROUP",
+    "KINDS",
+    "STAGES",
+    "VERSION",
+    "ApiModel",
+    "KindInfo",
+    "ManifestError",
+    "Resource",
+    "Rule",
+    "StageInfo",
+    "load_manifests",
+    "parse_resource",
 ]

@@ -7,9 +7,10 @@ was expected — the format `cai validate` prints and `cai run` refuses to start
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 from pydantic import ValidationError

@@ -111,30 +111,30 @@ class OperatorConfig:
         stage_image = env.get("CAI_STAGE_IMAGE", "").strip() or DEFAULT_STAGE_IMAGE
         namespaces = tuple(n.strip() for n in env.get("CAI_WATCH_NAMESPACES", "").split(",") if n.strip())
         pod_namespace = env.get("POD_NAMESPACE", "").strip()
-        values = dict(
-            stage_image=stage_image,
-            stage_image_gpu=env.get("CAI_STAGE_IMAGE_GPU", "").strip() or
+        values = {
+            "stage_image": stage_image,
+            "stage_image_gpu": env.get("CAI_STAGE_IMAGE_GPU", "").strip() or
             (DEFAULT_STAGE_IMAGE_GPU if not env.get("CAI_STAGE_IMAGE") else stage_image),
-            stage_images=stage_images,
-            image_pull_policy=env.get("CAI_IMAGE_PULL_POLICY", "").strip() or "IfNotPresent",
-            storage_uri=env.get("CAI_STORAGE_URI", "").strip() or None,
-            s3_endpoint=env.get("CAI_S3_ENDPOINT", "").strip() or None,
-            storage_secret=env.get("CAI_STORAGE_SECRET", "").strip() or None,
-            job_ttl_seconds=_int(env, "CAI_JOB_TTL_SECONDS", 86400),
-            default_cpu=env.get("CAI_DEFAULT_CPU", "").strip() or None,
-            default_memory=env.get("CAI_DEFAULT_MEMORY", "").strip() or None,
-            watch_namespaces=namespaces,
-            torchrun_port=_int(env, "CAI_TORCHRUN_PORT", 29500, minimum=1),
-            leader_election=_bool(env, "CAI_LEADER_ELECTION", True),
-            lease_name=env.get("CAI_LEASE_NAME", "").strip() or "cai-operator",
-            lease_namespace=env.get("CAI_LEASE_NAMESPACE", "").strip() or pod_namespace or "default",
-            lease_duration_seconds=_float(env, "CAI_LEASE_DURATION_SECONDS", 15.0),
-            lease_renew_seconds=_float(env, "CAI_LEASE_RENEW_SECONDS", 2.0),
-            resync_seconds=_float(env, "CAI_RESYNC_SECONDS", 120.0),
-            workers=_int(env, "CAI_WORKERS", 8, minimum=1),
-            metrics_port=_int(env, "CAI_METRICS_PORT", 8080),
-            health_port=_int(env, "CAI_HEALTH_PORT", 8081),
-        )
+            "stage_images": stage_images,
+            "image_pull_policy": env.get("CAI_IMAGE_PULL_POLICY", "").strip() or "IfNotPresent",
+            "storage_uri": env.get("CAI_STORAGE_URI", "").strip() or None,
+            "s3_endpoint": env.get("CAI_S3_ENDPOINT", "").strip() or None,
+            "storage_secret": env.get("CAI_STORAGE_SECRET", "").strip() or None,
+            "job_ttl_seconds": _int(env, "CAI_JOB_TTL_SECONDS", 86400),
+            "default_cpu": env.get("CAI_DEFAULT_CPU", "").strip() or None,
+            "default_memory": env.get("CAI_DEFAULT_MEMORY", "").strip() or None,
+            "watch_namespaces": namespaces,
+            "torchrun_port": _int(env, "CAI_TORCHRUN_PORT", 29500, minimum=1),
+            "leader_election": _bool(env, "CAI_LEADER_ELECTION", True),
+            "lease_name": env.get("CAI_LEASE_NAME", "").strip() or "cai-operator",
+            "lease_namespace": env.get("CAI_LEASE_NAMESPACE", "").strip() or pod_namespace or "default",
+            "lease_duration_seconds": _float(env, "CAI_LEASE_DURATION_SECONDS", 15.0),
+            "lease_renew_seconds": _float(env, "CAI_LEASE_RENEW_SECONDS", 2.0),
+            "resync_seconds": _float(env, "CAI_RESYNC_SECONDS", 120.0),
+            "workers": _int(env, "CAI_WORKERS", 8, minimum=1),
+            "metrics_port": _int(env, "CAI_METRICS_PORT", 8080),
+            "health_port": _int(env, "CAI_HEALTH_PORT", 8081),
+        }
         identity = env.get("POD_NAME", "").strip()
         if identity:
             values["identity"] = identity

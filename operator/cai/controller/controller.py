@@ -435,7 +435,7 @@ async def _read_manifest(uri: str) -> dict[str, Any] | None:
 
     try:
         return await asyncio.to_thread(read_manifest, uri)
-    except Exception as e:  # metrics are a bonus: a missing or unreadable manifest never blocks a run
+    except Exception as e:  # noqa: BLE001 — metrics are a bonus: a missing or unreadable manifest never blocks a run
         log.warning("could not read manifest of %s: %s: %s", uri, type(e).__name__, e)
         return None
 

@@ -70,7 +70,7 @@ def _epoch(ts: str | None) -> float | None:
     if not ts:
         return None
     try:
-        return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+        return datetime.fromisoformat(ts).timestamp()
     except ValueError:
         return None
 

@@ -117,7 +117,7 @@ def _load_hf(source: str, split: str | None) -> list[dict[str, Any]]:
         raise PromptSourceError(f"prompt source {source!r}: needs the 'datasets' package (pip install 'cai-operator[train]')") from None
     try:
         ds = datasets.load_dataset(name, config or None, split=split or "train")
-    except Exception as e:  # datasets raises many types (connection, missing config, ...)
+    except Exception as e:  # noqa: BLE001 — datasets raises many types (connection, missing config, ...)
         raise PromptSourceError(f"prompt source {source!r}: cannot load dataset ({type(e).__name__}: {str(e)[:300]})") from None
     return list(ds)
 
@@ -139,6 +139,6 @@ def check_source(source: str) -> str | None:
             return f"file not found: {source}"
         if fs.size(path) == 0:
             return f"file is empty: {source}"
-    except Exception as e:  # credentials/endpoint problems surface here
+    except Exception as e:  # noqa: BLE001 — credentials/endpoint problems surface here
         return f"cannot access {source}: {type(e).__name__}: {e}"
     return None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from rich.console import Console, Group
-from rich.text import Text
 from rich.table import Table
+from rich.text import Text
 
 from ..api.manifest import Resource
 from ..pipeline.conditions import get_condition

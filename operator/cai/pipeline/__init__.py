@@ -4,7 +4,7 @@ Pure code: given a resource, a way to look up the resources it references, and a
 says whether the resource can proceed (or waits, or fails) and yields one `StageSpec` per stage.
 """
 
-from .conditions import set_condition, get_condition
+from .conditions import get_condition, set_condition
 from .plan import Blocked, Plan, plan_resource
 from .stagespec import StageSpec
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..api.kinds import KINDS, ConstitutionSpec, CritiqueRunSpec, PreferenceModelSpec, RLAIFRunSpec
 from ..api.manifest import Resource
@@ -100,7 +100,7 @@ def plan_resource(res: Resource, lookup: Lookup, storage_root: str) -> Plan | Bl
         if isinstance(const, Blocked):
             return const
         digest = constitution_digest(const.spec)
-        common = dict(constitution=const.spec.to_wire(), constitution_digest=digest)
+        common = {"constitution": const.spec.to_wire(), "constitution_digest": digest}
         stages = [stage("generate-revisions", models={"policy": spec.model}, **common)]
         if spec.finetune.enabled:
             stages.append(stage("finetune", models={"base": spec.model}, inputs={"dataset": stages[0].output}, **common))
@@ -116,7 +116,7 @@ def plan_resource(res: Resource, lookup: Lookup, storage_root: str) -> Plan | Bl
         policy_model, base_model = policy
         feedback = spec.feedback_model or base_model
         digest = constitution_digest(const.spec)
-        common = dict(constitution=const.spec.to_wire(), constitution_digest=digest)
+        common = {"constitution": const.spec.to_wire(), "constitution_digest": digest}
         pairs = stage("sample-pairs", models={"policy": policy_model}, **common)
         label = stage("label-preferences", models={"feedback": feedback}, inputs={"pairs": pairs.output}, **common)
         train = stage("train-preference-model", models={"base": spec.training.base_model or policy_model, "policy": policy_model},

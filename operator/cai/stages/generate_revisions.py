@@ -17,8 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..constitution.critique import (
+    critique_conversation,
+    few_shot_turns,
+    revision_conversation,
+    round_principle,
+)
 from ..constitution.sampling import stable_seed
-from ..constitution.critique import critique_conversation, few_shot_turns, revision_conversation, round_principle
 from ..data.prompts import PromptSourceError, load_prompts
 from ..models.backends import SamplingParams, load_backend
 from .runtime import StageContext, StageError, StageResult
@@ -122,8 +127,7 @@ def sft_rows(chains: list[dict[str, Any]], helpful: list[dict[str, Any]]) -> lis
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
 def run(ctx: StageContext) -> StageResult:

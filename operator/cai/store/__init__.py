@@ -18,6 +18,18 @@ from .fs import filesystem, join, local_path
 from .layout import artifact_uri, resource_root, status_uri
 
 __all__ = [
-    "MANIFEST", "commit_artifact", "download_artifact", "file_digest", "manifest_digest", "read_json",
-    "read_manifest", "write_json", "filesystem", "join", "local_path", "artifact_uri", "resource_root", "status_uri",
+    "MANIFEST",
+    "artifact_uri",
+    "commit_artifact",
+    "download_artifact",
+    "file_digest",
+    "filesystem",
+    "join",
+    "local_path",
+    "manifest_digest",
+    "read_json",
+    "read_manifest",
+    "resource_root",
+    "status_uri",
+    "write_json",
 ]

@@ -7,8 +7,9 @@ model's chat template so prompts render the same way everywhere.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 Message = dict[str, str]
 Conversation = list[Message]
