@@ -59,6 +59,7 @@ test: models cluster
 
 bench: models
 	$(BIN)/python bench/generation.py
+	$(BIN)/python bench/labeling.py
 
 clean:
 	rm -rf demo-out .pytest_cache
