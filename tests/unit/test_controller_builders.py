@@ -4,8 +4,10 @@ strategic merge of `podTemplate`, status merge patches, operator config from env
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -88,6 +90,13 @@ def test_stage_job_spec():
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     sc = c["securityContext"]
     assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+    # The pod runs as the trainer images' own user, so files the image owns stay readable.
+    images = Path(__file__).parents[2] / "images"
+    for dockerfile in ("trainer.Dockerfile", "trainer-gpu.Dockerfile"):
+        user = re.search(r"^USER (\d+):(\d+)$", (images / dockerfile).read_text(), re.MULTILINE)
+        assert user, dockerfile
+        uid, gid = int(user.group(1)), int(user.group(2))
+        assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (uid, gid), dockerfile
     assert "completionMode" not in spec
 
 

@@ -30,7 +30,7 @@ SPEC_FILE = f"{SPEC_DIR}/spec.json"
 CONTAINER = "stage"
 JOB_NAME_MAX = 60  # 63 minus "-NN": Indexed Job pods are named/hostnamed <job>-<index>
 GPU_RESOURCE = "nvidia.com/gpu"
-RUN_AS_USER = 1000
+RUN_AS_USER = 65532  # the USER of images/trainer*.Dockerfile (and the operator image)
 
 
 def child_name(base: str, suffix: str, max_len: int = 63) -> str:
