@@ -3,8 +3,8 @@
 Used by `hf.TransformersBackend` as a logits processor under greedy `generate`: the sampled token is
 left as the only finite logit, so the argmax picks it. Why not transformers' own sampling: on CPU its
 top-p warper sorts the whole vocabulary at every step and `torch.multinomial` follows; for the 49k
-vocabulary of the embedded model that cost ~8 ms (sort) + ~3 ms (multinomial) per row per step on
-these machines, more than the model's forward pass at batch 32.
+vocabulary of the embedded model that cost ~8 ms (sort) plus 3-5 ms (multinomial) per row per step
+on these machines, more than the model's forward pass at batch 32.
 
 Same distribution as transformers' `TopPLogitsWarper` then a categorical draw: the nucleus is the
 smallest set of most likely tokens whose mass reaches top_p (a token is kept when the mass ranked
@@ -12,7 +12,7 @@ above it is below top_p). It is found among the `candidates` most likely tokens 
 sorted), with probabilities normalised over the full vocabulary; a row whose candidates hold less
 than top_p of the mass (a flat distribution) is sorted in full instead. The draw is by inverse CDF:
 one uniform number per row against the cumulative kept mass (torch.multinomial and the exponential
-race both draw one random number per vocabulary entry: ~5 ms per row per step here).
+race both draw one random number per vocabulary entry).
 """
 
 from __future__ import annotations
