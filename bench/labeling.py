@@ -6,9 +6,9 @@ comparisons (the first N red-team prompts, each with a refusal-style and a compl
 response), labelled with the quickstart's settings — one drawn principle, both option orders, the
 Constitution's few-shot examples — so every comparison is 2 prompts.
 
-- ours: `cai.stages.labeller.Labeller` — one forward pass per prompt reading the log-probs of "A"
+- ours: `cai.feedback.labeller.Labeller` — one forward pass per prompt reading the log-probs of "A"
   and "B" after "The answer is: (" → soft label; batched, and on transformers the prompts' shared
-  prefix (system turn + few-shot examples) runs once per call (`cai.stages.prefix_scoring`).
+  prefix (system turn + few-shot examples) runs once per call (`TransformersBackend.score_next_token`).
 - baseline "generate, 1 at a time": the same rendered prompts (answer cue included, which favours
   the baseline: it only has to emit the letter), plain transformers `model.generate` one prompt per
   call, greedy, `--baseline-new-tokens` tokens, the letter parsed from the text → hard label. This
@@ -66,7 +66,7 @@ def _labeller(backend, args):
     import yaml
 
     from cai.api.kinds import ConstitutionSpec
-    from cai.stages.labeller import Labeller, LabelSettings
+    from cai.feedback.labeller import Labeller, LabelSettings
 
     const = ConstitutionSpec.model_validate(yaml.safe_load(CONSTITUTION.read_text())["spec"])
     return Labeller(backend, const, LabelSettings(seed=0, both_orders=True, few_shot_examples=args.few_shot))
@@ -74,7 +74,7 @@ def _labeller(backend, args):
 
 def _scored_prompts(labeller, comps) -> list[tuple[int, str, str]]:
     """(comparison index, order, prompt text ending with the answer cue) — what both sides score."""
-    from cai.constitution import feedback as fb
+    from cai.feedback import prompts as fb
 
     out = []
     for i, c in enumerate(comps):

@@ -140,7 +140,7 @@ def main() -> int:
             time.sleep(0.2)
         idle_rss = _rss(op.pid)[0]
 
-        placement = {"pending": {"nodeSelector": {"cai.dev/bench": "nowhere"}}, "kwok": {"nodeSelector": {"type": "kwok"}},
+        placement = {"pending": {"nodeSelector": {"cai.dev/bench": "nowhere"}}, "kwok": cp.KWOK_PLACEMENT,
                      "queued": {"queueName": "bench"}}[args.placement]
         spec = {"constitutionRef": {"name": "harmless"}, "model": "builtin:tiny-random", "resources": placement}
         first_jobs: set[str] = set()

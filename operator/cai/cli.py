@@ -38,7 +38,9 @@ def cmd_crds(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from .validation import validate_paths
 
-    resources, problems = validate_paths(args.paths, local=args.local, check_references=not args.allow_external_refs)
+    resources, problems = validate_paths(
+        args.paths, local=args.local, check_references=not args.allow_external_refs
+    )
     for p in problems:
         print(p)
     if problems:
@@ -68,9 +70,29 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models.resolve import prepare_cli
+    """`cai models prepare REF...`: resolve each reference and print where it is."""
+    from .models.builtin import builtin_dir, is_prepared
+    from .models.refs import parse_model_ref
+    from .models.resolve import ModelResolveError, resolve_model
 
-    return prepare_cli(args.refs)
+    status = 0
+    for ref in args.refs:
+        try:
+            parsed = parse_model_ref(ref)
+            if parsed.scheme == "builtin" and not is_prepared(parsed.target):
+                print(
+                    f"preparing {ref} into {builtin_dir(parsed.target)} (once)", file=sys.stderr, flush=True
+                )
+            elif parsed.is_remote:
+                print(f"fetching {ref} ...", file=sys.stderr, flush=True)
+            path = resolve_model(parsed)
+        except (ValueError, ModelResolveError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        print(f"{ref}\t{path}\t{size / 1e6:.0f} MB")
+    return status
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -86,7 +108,9 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cai", description="Constitutional AI training: Kubernetes operator and local runner.")
+    p = argparse.ArgumentParser(
+        prog="cai", description="Constitutional AI training: Kubernetes operator and local runner."
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {__import__('cai').__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -97,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("validate", help="validate manifests offline with the same rules as the CRDs")
     s.add_argument("paths", nargs="+", help="manifest files or directories")
-    s.add_argument("--local", action="store_true", help="also require local files (models, prompt files) to exist")
+    s.add_argument(
+        "--local", action="store_true", help="also require local files (models, prompt files) to exist"
+    )
     s.add_argument("--allow-external-refs", action="store_true",
                    help="do not report references to objects outside the given manifests")
     s.set_defaults(func=cmd_validate)
@@ -105,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="run resources locally: validate, order, run every stage, resume on rerun")
     s.add_argument("paths", nargs="+", help="manifest files or directories")
     s.add_argument("--store", default=DEFAULT_STORE, help=f"artifact store URI (default {DEFAULT_STORE})")
-    s.add_argument("--only", action="append", default=None, metavar="KIND/NAME", help="run only these resources")
+    s.add_argument(
+        "--only", action="append", default=None, metavar="KIND/NAME", help="run only these resources"
+    )
     s.add_argument("--force", action="store_true", help="rerun stages even when their outputs are up to date")
     s.add_argument("--quiet", action="store_true", help="no progress bars (plain log lines)")
     s.set_defaults(func=cmd_run)
@@ -135,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("operator", help="run the Kubernetes operator (kopf)")
     s.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
-    s.add_argument("--namespace", action="append", default=None, help="watch only these namespaces (default: all)")
+    s.add_argument(
+        "--namespace", action="append", default=None, help="watch only these namespaces (default: all)"
+    )
     s.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port")
     s.add_argument("--health-port", type=int, default=8081, help="liveness/readiness port")
     s.add_argument("--standalone", action="store_true", help="no peering (single replica, tests)")

@@ -16,7 +16,9 @@ from typing import Self
 PREFIX = "@@cai-progress "
 
 
-class Progress:
+class ProgressReporter:
+    """Counts of one task of a stage (`StageContext.progress`), reported as lines (module docstring)."""
+
     def __init__(self, task: str, total: int, unit: str = "items"):
         self.task, self.total, self.unit = task, total, unit
         self.done = 0
@@ -35,15 +37,26 @@ class Progress:
         if self._json:
             if force or now - self._last >= 0.2:
                 self._last = now
-                print(PREFIX + json.dumps({"task": self.task, "done": self.done, "total": self.total, "unit": self.unit}),
-                      flush=True)
+                print(
+                    PREFIX
+                    + json.dumps(
+                        {"task": self.task, "done": self.done, "total": self.total, "unit": self.unit}
+                    ),
+                    flush=True,
+                )
             return
         if force or now - self._last >= self._interval:
             self._last = now
             elapsed = now - self.start
             rate = self.done / elapsed if elapsed > 0 else 0.0
-            eta = f", ETA {(self.total - self.done) / rate:.0f}s" if rate > 0 and self.done < self.total else ""
-            print(f"{self.task}: {self.done}/{self.total} {self.unit} ({rate:.2f}/s{eta})", file=sys.stderr, flush=True)
+            eta = (
+                f", ETA {(self.total - self.done) / rate:.0f}s" if rate > 0 and self.done < self.total else ""
+            )
+            print(
+                f"{self.task}: {self.done}/{self.total} {self.unit} ({rate:.2f}/s{eta})",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def __enter__(self) -> Self:
         return self

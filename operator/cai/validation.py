@@ -1,36 +1,25 @@
 """Offline validation of manifest sets (`cai validate`, and the first thing `cai run` does).
 
 Checks everything the apiserver would (schema, CEL rules) plus what only a whole set can show:
-references between manifests, duplicate names, model references and prompt sources. With
-`local=True` (cai run), files named by paths must also exist here.
+references between manifests, duplicate names, model references and prompt sources, and the pod
+policy's rules that hold in every namespace (pipeline/podpolicy.py; the operator also checks what a
+namespace's policy allows). With `local=True` (cai run), files named by paths must also exist here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
+from .api.kinds import RunCommon
 from .api.manifest import Problem, Resource, load_documents, parse_resource
-from .pipeline.plan import Lookup, model_refs, references
-
-
-def prompt_sources(res: Resource) -> list[tuple[str, str]]:
-    """(field path, source) of every prompt source of a resource."""
-    spec = res.spec
-    out = []
-    for attr, path in (("prompts", "spec.prompts.source"), ("helpful_prompts", "spec.helpfulPrompts.source")):
-        src = getattr(spec, attr, None)
-        if src is not None:
-            out.append((path, src.source))
-    evaluation = getattr(spec, "evaluation", None)
-    if evaluation is not None and evaluation.enabled:
-        out += [("spec.evaluation.redTeamPrompts.source", evaluation.red_team_prompts.source),
-                ("spec.evaluation.helpfulPrompts.source", evaluation.helpful_prompts.source)]
-    return out
+from .pipeline.plan import Lookup, model_refs, prompt_sources, references
+from .pipeline.podpolicy import pod_problems
 
 
 def check_resources(resources: list[Resource], *, local: bool, known: Lookup | None = None,
-                    declared: set[tuple[str, str, str]] = frozenset()) -> list[Problem]:
+                    declared: AbstractSet[tuple[str, str, str]] = frozenset()) -> list[Problem]:
     """Problems visible only across objects. `declared` holds (kind, namespace, name) of objects that
     exist in the set but failed to parse: references to them are not reported again."""
     from .data.prompts import check_source
@@ -40,15 +29,31 @@ def check_resources(resources: list[Resource], *, local: bool, known: Lookup | N
     seen: dict[tuple[str, str, str], Resource] = {}
     for res in resources:
         if res.key in seen:
-            problems.append(Problem(res.source, res.display, "metadata.name",
-                                    f"expected a unique name; {res.display} is also defined in {seen[res.key].source}"))
+            problems.append(
+                Problem(
+                    res.source,
+                    res.display,
+                    "metadata.name",
+                    f"expected a unique name; {res.display} is also defined in {seen[res.key].source}",
+                )
+            )
         seen[res.key] = res
     for res in resources:
         for kind, name, path in references(res):
-            if (kind, res.namespace, name) in seen or (kind, res.namespace, name) in declared or (known is not None and known(kind, name) is not None):
+            if (
+                (kind, res.namespace, name) in seen
+                or (kind, res.namespace, name) in declared
+                or (known is not None and known(kind, name) is not None)
+            ):
                 continue
-            problems.append(Problem(res.source, res.display, path,
-                                    f"expected an existing {kind} named {name!r} (not among the given manifests)"))
+            problems.append(
+                Problem(
+                    res.source,
+                    res.display,
+                    path,
+                    f"expected an existing {kind} named {name!r} (not among the given manifests)",
+                )
+            )
         for path, ref in model_refs(res):
             issue = check_model_ref(ref, local=local)
             if issue:
@@ -59,6 +64,10 @@ def check_resources(resources: list[Resource], *, local: bool, known: Lookup | N
             issue = check_source(source)
             if issue:
                 problems.append(Problem(res.source, res.display, path, issue))
+        if isinstance(res.spec, RunCommon):
+            r = res.spec.resources
+            for path, message in pod_problems(r.service_account_name, r.pod_template, None):
+                problems.append(Problem(res.source, res.display, path, message))
     return problems
 
 
@@ -71,8 +80,11 @@ def validate_paths(paths: Iterable[str | Path], *, local: bool = False, check_re
         problems.extend(probs)
         if res is not None:
             resources.append(res)
-    declared = {(d.get("kind"), (d.get("metadata") or {}).get("namespace") or "default", (d.get("metadata") or {}).get("name"))
-                for _, d in docs if isinstance(d.get("metadata"), dict)}
+    declared = {
+        (str(d.get("kind")), str(d["metadata"].get("namespace") or "default"), str(d["metadata"].get("name")))
+        for _, d in docs
+        if isinstance(d.get("metadata"), dict)
+    }
     cross = check_resources(resources, local=local, known=known, declared=declared)
     if not check_references:
         cross = [p for p in cross if "not among the given manifests" not in p.message]

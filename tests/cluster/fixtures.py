@@ -6,7 +6,11 @@ tests the views:
 
 * ``kube_cluster`` -- ``.kubeconfig``, ``.env`` (os.environ + KUBECONFIG + binaries on PATH),
   ``.kubectl(*args)``, ``.api_client()``, ``.request(method, path, body)``, ``.create_node(name)``
-  (a plain Ready Node, e.g. ``cai-e2e-node``, that kwok leaves alone), ``.log_tail(component)``.
+  (a plain Ready Node that kwok leaves alone), ``.log_tail(component)``.
+* ``real_node`` -- the cluster's real node (kubelet + containerd, tests/cluster/node.py): ``.name``,
+  ``.net`` (``host_ip``, ``node_ip``, ``pod_cidr``, ...), ``.import_image(archive)``, ``.images()``.
+* ``project_images`` -- the images of `make images` (``.cache/images/images.json``) imported into the
+  real node's containerd; returns the chart's default references {operator, trainer}, which must be among them.
 * ``s3_server`` -- ``.endpoint``, ``.access_key``, ``.secret_key``, ``.bucket``, ``.region``, ``.env``,
   ``.vars`` (only the S3 variables), ``.client()`` (boto3), ``.filesystem()`` (s3fs).
 * ``prometheus`` -- the cluster's Prometheus: ``.add_target("127.0.0.1:PORT", job=...)``,
@@ -28,8 +32,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.cluster import control_plane as cp
+
+CHART = cp.REPO / "charts" / "cai-operator"
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +69,37 @@ def _cai_cluster(request: pytest.FixtureRequest):
 @pytest.fixture(scope="session")
 def kube_cluster(_cai_cluster: cp.Cluster) -> cp.KubeCluster:
     return _cai_cluster.kube
+
+
+@pytest.fixture(scope="session")
+def real_node(_cai_cluster: cp.Cluster):
+    node = _cai_cluster.node
+    if node is None:
+        pytest.fail(f"the cluster under {_cai_cluster.root} has no real node (started with --no-node?)",
+                    pytrace=False)
+    return node
+
+
+def chart_image_refs() -> dict[str, str]:
+    """The operator and CPU trainer image references the chart uses by default."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    tag = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    return {"operator": f"{values['image']['repository']}:{tag}",
+            "trainer": f"{values['stages']['image']['repository']}:{tag}"}
+
+
+@pytest.fixture(scope="session")
+def project_images(real_node) -> dict[str, str]:
+    refs = chart_image_refs()
+    try:
+        have = cp.import_project_images(real_node)
+    except cp.ClusterError as e:
+        pytest.fail(f"{e} (stage pods on the real node run the project's images)", pytrace=False)
+    missing = [r for r in refs.values() if r not in have]
+    if missing:
+        pytest.fail(f"{cp.IMAGES_JSON} lacks the chart's default images {missing} (it has {have}): run `make images`",
+                    pytrace=False)
+    return refs
 
 
 @pytest.fixture(scope="session")

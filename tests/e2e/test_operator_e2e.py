@@ -1,24 +1,27 @@
-"""End to end through the operator: stage pods really run (tests/e2e/kubelet.py runs the pods of node
-cai-e2e-node as local processes), artifacts land in the test's MinIO, Prometheus scrapes the operator.
+"""End to end as a user runs it: the operator installed with the README's Helm block (tests/e2e/conftest.py)
+runs in its pod, its stage Jobs run the CPU trainer image on the real node (kubelet + containerd + runc)
+under the restricted Pod Security Standard, credentials reach pods only through secretKeyRef, artifacts
+go to MinIO, and the cluster's Prometheus scrapes the operator's pods.
 
 * the quickstart (the harmless Constitution and examples/quickstart's CritiqueRun, PreferenceModel and
-  RLAIFRun), on `builtin:tiny-random`: every stage's `cai stage` runs from its ConfigMap spec with S3
-  credentials from a Secret (secretKeyRef); status, outputs, manifest metrics, events, Prometheus series;
-* a stage that fails: retries exhausted → BackoffLimitExceeded with the pod's termination message, and
-  its dependent fails with DependencyFailed;
-* a CritiqueRun with `resources.nodes: 2`: the finetune stage is an Indexed Job whose two pods train
-  together through torchrun (static rendezvous at <job>-0.<service>) and DeepSpeed ZeRO-2 on CPU.
+  RLAIFRun) shrunk to `builtin:tiny-random`: status, outputs, manifest metrics, events, Prometheus series,
+  and a stage pod seen with `kubectl logs` and `kubectl describe`;
+* a stage that fails: retries exhausted, BackoffLimitExceeded with the pod's termination message, and its
+  dependent fails with DependencyFailed;
+* suspend and resume: the running stage pod is stopped on the node, and the run finishes after resuming;
+* a CritiqueRun with `resources.nodes: 2`: an Indexed Job of two pods that train together through torchrun
+  and DeepSpeed ZeRO-2, rank 1 finding rank 0 at `<job>-0.<service>` through cluster DNS (CoreDNS).
 """
 from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 import yaml
 
-from tests.cluster.control_plane import REPO, free_ports
-from tests.e2e.kubelet import POD_PLACEMENT
+from tests.cluster.control_plane import REPO
 from tests.integration.operator_support import constitution_spec, until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -26,6 +29,10 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 TINY = "builtin:tiny-random"
 SMALL_GENERATION = {"maxNewTokens": 16, "batchSize": 8}
 SMALL_TRAINING = {"epochs": 1, "batchSize": 4, "maxLength": 256}
+# The node has this machine's 2 CPUs; the chart's default stage pod (2 CPUs, 8Gi) would not fit beside
+# the operator's pods.
+POD = {"cpu": "1", "memory": "3Gi"}
+METRICS_JOB = 'job="cai-operator-metrics"'
 
 
 def quickstart() -> list[dict]:
@@ -35,7 +42,7 @@ def quickstart() -> list[dict]:
     assert {r["kind"] for r in runs} == {"CritiqueRun", "PreferenceModel", "RLAIFRun"}, "the quickstart changed shape"
     for run in runs:
         spec = run["spec"]
-        spec["resources"] = {**spec.get("resources", {}), **POD_PLACEMENT}
+        spec["resources"] = {**spec.get("resources", {}), **POD}
         spec["prompts"] = {**spec.get("prompts", {}), "limit": 4}
         for key in ("model", "feedbackModel"):
             if key in spec:
@@ -61,35 +68,37 @@ def quickstart() -> list[dict]:
     return runs
 
 
-def s3_setup(api, s3_server, kube_namespace) -> str:
-    """Secret with the S3 credentials and the namespace's cai-storage ConfigMap; returns the storage root."""
-    api.secret("cai-s3", {"AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key})
-    root = f"s3://{s3_server.bucket}/e2e-{kube_namespace}"
-    code, body = api.kube.request("POST", f"/api/v1/namespaces/{kube_namespace}/configmaps", {
-        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cai-storage"},
-        "data": {"uri": root, "endpoint": s3_server.endpoint, "secretName": "cai-s3", "region": s3_server.region}})
-    assert code == 201, body
-    return root
+def stage_pods(api, job: str) -> list[dict]:
+    code, body = api.kube.request("GET", f"/api/v1/namespaces/{api.ns}/pods?labelSelector=job-name%3D{job}")
+    assert code == 200, body
+    return sorted(body["items"], key=lambda p: p["metadata"]["name"])
 
 
-def test_quickstart_runs_through_the_operator(api, start_operator, local_kubelet, s3_server, prometheus, kube_namespace):
-    root = s3_setup(api, s3_server, kube_namespace)
-    # No operator-wide default storage: the namespace's ConfigMap must be what the runs use.
-    op = start_operator(env={"CAI_STORAGE_URI": "", "CAI_STORAGE_SECRET": ""})
-    prometheus.add_target(f"127.0.0.1:{op.metrics_port}", job=f"cai-operator-{kube_namespace}")
+def why(api) -> str:
+    """For assertion messages: the namespace's pods, their events and log tails, and the operator's log."""
+    kubectl = lambda *a: api.kube.kubectl(*a, check=False).stdout
+    parts = [kubectl("get", "pods,jobs", "-n", api.ns, "-o", "wide")]
+    code, body = api.kube.request("GET", f"/api/v1/namespaces/{api.ns}/pods")
+    for pod in (body or {}).get("items", []) if code == 200 else []:
+        parts.append(f"--- {pod['metadata']['name']} ---\n" + kubectl("logs", "-n", api.ns, pod["metadata"]["name"],
+                                                                      "--tail=25"))
+    parts.append("--- operator ---\n" + kubectl("logs", "-n", "cai-system", "-l", "app.kubernetes.io/name=cai-operator",
+                                                "--tail=40", "--prefix"))
+    return "\n".join(parts)
 
+
+def test_quickstart_runs_through_the_operator(api, s3_server, prometheus, project_images, real_node):
+    ns = api.ns
+    root = f"s3://{s3_server.bucket}/runs/{ns}"  # the chart's default storage (the install block's bucket)
     api.create("Constitution", "harmless", constitution_spec())
     runs = {r["kind"]: r for r in quickstart()}
     for kind in ("RLAIFRun", "PreferenceModel", "CritiqueRun"):  # dependents first: they wait
         api.create(kind, runs[kind]["metadata"]["name"], runs[kind]["spec"])
     name, pm_name, rl_name = (runs[k]["metadata"]["name"] for k in ("CritiqueRun", "PreferenceModel", "RLAIFRun"))
 
-    def why() -> str:
-        return f"{local_kubelet.describe(kube_namespace)}\n--- operator ---\n{op.log_tail()}"
-
-    api.wait_condition("CritiqueRun", name, "Succeeded", "True", timeout=300, log=why)
-    api.wait_condition("PreferenceModel", pm_name, "Ready", "True", timeout=300, log=why)
-    api.wait_condition("RLAIFRun", rl_name, "Succeeded", "True", timeout=360, log=why)
+    api.wait_condition("CritiqueRun", name, "Succeeded", "True", timeout=600, log=lambda: why(api))
+    api.wait_condition("PreferenceModel", pm_name, "Ready", "True", timeout=600, log=lambda: why(api))
+    api.wait_condition("RLAIFRun", rl_name, "Succeeded", "True", timeout=600, log=lambda: why(api))
 
     fs = s3_server.filesystem()
     sl_status = api.get("CritiqueRun", name)["status"]
@@ -111,45 +120,60 @@ def test_quickstart_runs_through_the_operator(api, start_operator, local_kubelet
     assert rl_status["constitutionDigest"] == pm_status["constitutionDigest"] == sl_status["constitutionDigest"]
     spec = json.loads(api.core("configmaps", f"{rl_name}-rlaif-spec")["data"]["train-policy.json"])
     assert spec["models"] == {"policy": sl_status["outputs"]["model"], "reward": pm_status["outputs"]["model"]}
-    # Stage pods ran with credentials from the Secret only.
-    for job in api.jobs():
-        env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    # Every stage ran in the trainer image on the real node, with credentials from the Secret only.
+    jobs = api.jobs()
+    assert len(jobs) == 7, [j["metadata"]["name"] for j in jobs]
+    for job in jobs:
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        assert container["image"] == project_images["trainer"]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        env = {e["name"]: e for e in container["env"]}
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            assert env[key] == {"name": key, "valueFrom": {"secretKeyRef": {"name": "cai-s3", "key": key}}}
+            assert env[key] == {"name": key, "valueFrom": {"secretKeyRef": {"name": "cai-storage", "key": key}}}
+        for pod in stage_pods(api, job["metadata"]["name"]):
+            assert pod["spec"]["nodeName"] == real_node.name and pod["status"]["phase"] == "Succeeded"
     reasons = [e["reason"] for e in api.events(rl_name)]
     assert reasons.index("WaitingForDependency") < reasons.index("JobCreated") < reasons.index("Succeeded")
 
-    # Prometheus scraped the operator: run counts by state and stage durations.
-    ns = kube_namespace
-    prometheus.wait_for(f'cai_runs{{namespace="{ns}",kind="CritiqueRun",condition="Succeeded"}} == 1', timeout=30)
-    prometheus.wait_for(f'cai_runs{{namespace="{ns}",kind="PreferenceModel",condition="Ready"}} == 1', timeout=30)
-    prometheus.wait_for(f'cai_runs{{namespace="{ns}",kind="RLAIFRun",condition="Succeeded"}} == 1', timeout=30)
-    durations = prometheus.wait_for(f'cai_stage_duration_seconds_count{{job="cai-operator-{ns}"}}', timeout=30,
-                                    predicate=lambda r: len(r) == 7)
-    assert {r["metric"]["stage"] for r in durations} == {
+    # A stage pod, inspected as on any cluster.
+    (pod,) = stage_pods(api, f"{name}-finetune")
+    pod_name = pod["metadata"]["name"]
+    log = api.kube.kubectl("logs", "-n", ns, pod_name).stdout
+    assert "[finetune]" in log and f"wrote {root}/" in log, log[-3000:]
+    described = api.kube.kubectl("describe", "pod", "-n", ns, pod_name).stdout
+    for want in (rf"Node:\s+{real_node.name}/{real_node.net.node_ip}", r"Status:\s+Succeeded",
+                 rf"Image:\s+{re.escape(project_images['trainer'])}", r"kubelet\s+Started container stage",
+                 r"Reason:\s+Completed"):
+        assert re.search(want, described), described
+
+    # Prometheus scraped the operator's pods: run counts by state and stage durations.
+    for kind, cond in (("CritiqueRun", "Succeeded"), ("PreferenceModel", "Ready"), ("RLAIFRun", "Succeeded")):
+        prometheus.wait_for(f'cai_runs{{{METRICS_JOB},namespace="{ns}",kind="{kind}",condition="{cond}"}} == 1',
+                            timeout=60)
+    stages = prometheus.wait_for(f'sum by (stage) (cai_stage_duration_seconds_count{{{METRICS_JOB}}})', timeout=60,
+                                 predicate=lambda r: len(r) >= 7)
+    assert {r["metric"]["stage"] for r in stages} == {
         "generate-revisions", "finetune", "sample-pairs", "label-preferences", "train-preference-model",
         "train-policy", "evaluate"}
-    slowest = prometheus.query(f'max(cai_stage_duration_seconds_sum{{job="cai-operator-{ns}"}})')
-    assert float(slowest[0]["value"][1]) >= 1.0
-    assert prometheus.query(f'cai_tokens_generated_total{{job="cai-operator-{ns}",stage="generate-revisions"}} > 0')
-    assert prometheus.query(f'cai_preference_model_accuracy{{job="cai-operator-{ns}",name="{pm_name}"}}')
-    assert prometheus.query(f'cai_policy_reward{{job="cai-operator-{ns}",name="{rl_name}"}}')
-    prometheus.remove_target(f"cai-operator-{ns}")
+    assert prometheus.query(f'cai_tokens_generated_total{{{METRICS_JOB},stage="generate-revisions"}} > 0')
+    assert prometheus.query(f'cai_preference_model_accuracy{{{METRICS_JOB},namespace="{ns}",name="{pm_name}"}}')
+    assert prometheus.query(f'cai_policy_reward{{{METRICS_JOB},namespace="{ns}",name="{rl_name}"}}')
 
 
-def test_failing_stage_exhausts_retries_and_fails_dependents(api, start_operator, local_kubelet, s3_server, kube_namespace):
-    s3_setup(api, s3_server, kube_namespace)
-    op = start_operator()
+def test_failing_stage_exhausts_retries_and_fails_dependents(api, s3_server, prometheus):
+    failures = f'sum(cai_stage_failures_total{{{METRICS_JOB},kind="CritiqueRun",stage="generate-revisions",' \
+               'reason="BackoffLimitExceeded"})'
+    before = float((prometheus.query(failures) or [{"value": [0, "0"]}])[0]["value"][1])
     api.create("Constitution", "harmless", constitution_spec())
-    missing = f"s3://{s3_server.bucket}/e2e-{kube_namespace}/no-such-prompts.jsonl"
+    missing = f"s3://{s3_server.bucket}/runs/{api.ns}/no-such-prompts.jsonl"
     api.create("CritiqueRun", "broken", {
         "constitutionRef": {"name": "harmless"}, "model": TINY, "prompts": {"source": missing, "limit": 2},
-        "generation": SMALL_GENERATION, "resources": {**POD_PLACEMENT, "backoffLimit": 1}})
+        "generation": SMALL_GENERATION, "resources": {**POD, "backoffLimit": 1}})
     api.create("PreferenceModel", "after-broken", {
-        "constitutionRef": {"name": "harmless"}, "policy": {"critiqueRunRef": {"name": "broken"}}, "resources": POD_PLACEMENT})
+        "constitutionRef": {"name": "harmless"}, "policy": {"critiqueRunRef": {"name": "broken"}}, "resources": POD})
 
-    failed = api.wait_condition("CritiqueRun", "broken", "Succeeded", "False", "BackoffLimitExceeded", timeout=240,
-                                log=lambda: local_kubelet.describe(kube_namespace) + op.log_tail())
+    failed = api.wait_condition("CritiqueRun", "broken", "Succeeded", "False", "BackoffLimitExceeded", timeout=400,
+                                log=lambda: why(api))
     # The message carries what the stage wrote to its termination log in the pod.
     assert "no-such-prompts.jsonl" in failed["message"], failed["message"]
     stage = api.condition("CritiqueRun", "broken", "CritiquesGenerated")
@@ -157,40 +181,70 @@ def test_failing_stage_exhausts_retries_and_fails_dependents(api, start_operator
     status = api.get("CritiqueRun", "broken")["status"]
     assert status["stages"][0]["attempts"] == 2  # backoffLimit 1: the first pod and one retry
     assert [j["metadata"]["name"] for j in api.jobs()] == ["broken-generate-revisions"]  # finetune never started
+    pods = stage_pods(api, "broken-generate-revisions")
+    assert len(pods) == 2 and all(p["status"]["phase"] == "Failed" for p in pods), why(api)
+    terminated = pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["exitCode"] != 0 and "no-such-prompts.jsonl" in terminated["message"], terminated
     warnings = [e for e in api.events("broken") if e["type"] == "Warning"]
     assert any(e["reason"] == "BackoffLimitExceeded" and "no-such-prompts" in e["message"] for e in warnings)
-    dep = api.wait_condition("PreferenceModel", "after-broken", "Ready", "False", "DependencyFailed", timeout=30)
+    dep = api.wait_condition("PreferenceModel", "after-broken", "Ready", "False", "DependencyFailed", timeout=60)
     assert "CritiqueRun/broken" in dep["message"]
-    assert op.metric("cai_stage_failures_total", kind="CritiqueRun", stage="generate-revisions",
-                     reason="BackoffLimitExceeded") == 1
-    assert op.metric("cai_runs", kind="PreferenceModel", condition="Failed") == 1
+    prometheus.wait_for(f"{failures} >= {before + 1}", timeout=60)
+    prometheus.wait_for(f'cai_runs{{{METRICS_JOB},namespace="{api.ns}",kind="PreferenceModel",condition="Failed"}} == 1',
+                        timeout=60)
 
 
-def test_two_node_finetune_trains_with_torchrun_and_deepspeed(api, start_operator, local_kubelet, s3_server, kube_namespace):
-    s3_setup(api, s3_server, kube_namespace)
-    (port,) = free_ports(1)
-    op = start_operator(env={"CAI_TORCHRUN_PORT": str(port)})
+def test_suspend_stops_the_stage_pod_and_resume_finishes(api):
+    api.create("Constitution", "harmless", constitution_spec())
+    api.create("CritiqueRun", "pausable", {
+        "constitutionRef": {"name": "harmless"}, "model": TINY, "prompts": {"source": "builtin:red-team", "limit": 4},
+        "revisions": 1, "generation": SMALL_GENERATION, "finetune": SMALL_TRAINING, "resources": POD})
+    job = "pausable-generate-revisions"
+    pod = until("the first stage pod to run", lambda: next(
+        (p for p in stage_pods(api, job) if p["status"].get("phase") == "Running"), None), 180, 0.2,
+        on_timeout=lambda: why(api))
+    api.patch("CritiqueRun", "pausable", {"spec": {"suspend": True}})
+    api.wait_condition("CritiqueRun", "pausable", "Succeeded", "Unknown", "Suspended", timeout=60, log=lambda: why(api))
+    assert api.job(job)["spec"]["suspend"] is True
+    # The Job controller deleted the pod; the kubelet stopped its container and confirmed the deletion.
+    until(f"pod {pod['metadata']['name']} to be gone", lambda: not stage_pods(api, job), 90,
+          on_timeout=lambda: why(api))
+    assert api.get("CritiqueRun", "pausable")["status"]["conditions"]
+
+    api.patch("CritiqueRun", "pausable", {"spec": {"suspend": False}})
+    api.wait_condition("CritiqueRun", "pausable", "Succeeded", "True", timeout=600, log=lambda: why(api))
+    (after,) = stage_pods(api, job)
+    assert after["metadata"]["uid"] != pod["metadata"]["uid"] and after["status"]["phase"] == "Succeeded"
+
+
+def test_two_node_finetune_trains_with_torchrun_and_deepspeed(api, s3_server, real_node):
     api.create("Constitution", "harmless", constitution_spec())
     api.create("CritiqueRun", "two-nodes", {
         "constitutionRef": {"name": "harmless"}, "model": TINY, "prompts": {"source": "builtin:red-team", "limit": 4},
         "revisions": 1, "generation": SMALL_GENERATION,
         "finetune": {**SMALL_TRAINING, "batchSize": 2, "deepspeed": "zero2"},
-        "resources": {**POD_PLACEMENT, "nodes": 2, "backoffLimit": 0}})
-    api.wait_condition("CritiqueRun", "two-nodes", "Succeeded", "True", timeout=420,
-                       log=lambda: local_kubelet.describe(kube_namespace) + op.log_tail())
+        # two pods side by side on a 2-CPU node, next to the operator's
+        "resources": {"cpu": "800m", "memory": "3Gi", "nodes": 2, "backoffLimit": 0}})
+    api.wait_condition("CritiqueRun", "two-nodes", "Succeeded", "True", timeout=600, log=lambda: why(api))
     job = api.job("two-nodes-finetune")
     assert job["spec"]["completionMode"] == "Indexed" and job["status"]["succeeded"] == 2
-    logs = local_kubelet.pod_logs(kube_namespace, "two-nodes-finetune-")
-    assert len(logs) == 2, list(logs)
-    rank0 = next(log for pod, log in logs.items() if pod.startswith("two-nodes-finetune-0-"))
-    rank1 = next(log for pod, log in logs.items() if pod.startswith("two-nodes-finetune-1-"))
-    assert "rank 1 done" in rank1 and "wrote s3://" not in rank1  # rank 1 trains, rank 0 publishes
-    assert "[finetune] wrote s3://" in rank0
-    for log in (rank0, rank1):
-        assert "deepspeed_shm_comm_op" in log, log[-3000:]  # DeepSpeed engine with its CPU comm op, both ranks
+    pods = {p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]: p
+            for p in stage_pods(api, "two-nodes-finetune")}
+    assert sorted(pods) == ["0", "1"], list(pods)
+    assert {p["spec"]["nodeName"] for p in pods.values()} == {real_node.name}
+    assert pods["0"]["status"]["podIP"] != pods["1"]["status"]["podIP"]  # two pods, two network namespaces
+    logs = {i: api.kube.kubectl("logs", "-n", api.ns, p["metadata"]["name"]).stdout for i, p in pods.items()}
+    assert "rank 1 done" in logs["1"] and "wrote s3://" not in logs["1"]  # rank 1 trains, rank 0 publishes
+    assert "[finetune] wrote s3://" in logs["0"]
+    for log in logs.values():
+        assert "deepspeed_shm_comm_op" in log, log[-3000:]  # DeepSpeed's CPU comm op, on both ranks
+    # Rank 1 found rank 0's rendezvous by its name, <job>-0.<headless service>, through cluster DNS.
+    env = {e["name"]: e.get("value") for e in pods["1"]["spec"]["containers"][0]["env"]}
+    assert env["MASTER_ADDR"] == "two-nodes-finetune-0.two-nodes-finetune"
+    queried = (api.kube.logs_dir / "coredns.log").read_text()
+    assert f"two-nodes-finetune-0.two-nodes-finetune.{api.ns}.svc.cluster.local." in queried
     status = api.get("CritiqueRun", "two-nodes")["status"]
     model = status["outputs"]["model"]
     manifest = json.loads(s3_server.filesystem().cat(f"{model.removeprefix('s3://')}/manifest.json"))
     assert any(f["path"].endswith(".safetensors") for f in manifest["files"])
     assert status["metrics"]["trainSteps"] >= 1
-    until("headless Service", lambda: api.core("services", "two-nodes-finetune"))

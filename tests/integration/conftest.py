@@ -4,6 +4,7 @@ import pytest
 from tests.integration.operator_support import (  # noqa: F401  (pytest fixtures)
     api,
     cai_crds,
+    kwok_publisher,
     operator_env,
     operator_sa_kubeconfig,
     start_operator,

@@ -8,17 +8,23 @@ Where it sits: imported by tests/integration/test_operator_*.py and tests/e2e/. 
   permission it lacks — or a Secret it tries to read — fails the test;
 * `OperatorProcess` — `cai operator` as a subprocess (kill -9, restart, scrape /metrics);
 * `Api` — small JSON helpers on the admin connection: create/get/patch resources, wait for conditions,
-  list Jobs and events.
+  list Jobs and events;
+* `KwokPublisher` — what kwok cannot do: kwok completes stage pods without running them, and the operator
+  lets a stage succeed only when its artifact's manifest is in storage. Runs placed with `KWOK` carry a
+  scheduling gate; the publisher writes the manifest the stage would have written to MinIO, then lifts the
+  gate, so kwok completes the pod only once its artifact exists (no race with the operator).
 """
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -29,7 +35,7 @@ import yaml
 
 from cai.api.kinds import KINDS
 from cai.controller import rbac
-from tests.cluster.control_plane import REPO, KubeCluster, free_ports
+from tests.cluster.control_plane import KWOK_PLACEMENT, REPO, KubeCluster, free_ports
 
 API = "cai.dev/v1alpha1"
 OPERATOR_SA_NAMESPACE = "cai-operator-tests"
@@ -259,7 +265,88 @@ def constitution_spec() -> dict:
     return yaml.safe_load((REPO / "constitutions" / "harmless.yaml").read_text())["spec"]
 
 
-KWOK = {"nodeSelector": {"type": "kwok"}}  # pods the kwok node completes
+PUBLISH_GATE = "cai.dev/test-publish"  # a scheduling gate KwokPublisher lifts after publishing
+# Pods the kwok node completes, once KwokPublisher has published their artifact.
+# (With a real node, KWOK_PLACEMENT's toleration lets them onto the tainted kwok node.)
+KWOK = {**KWOK_PLACEMENT, "podTemplate": {"spec": {"schedulingGates": [{"name": PUBLISH_GATE}]}}}
+
+
+class KwokPublisher:
+    """Publishes the artifact (manifest.json and one file) of each gated stage pod, then lifts its gate.
+
+    The manifest is the one the stage would write: `inputsDigest` from the stage's frozen spec (the run's
+    ConfigMap) and the digests of its input manifests. Pods of runs named in `skip` get their gate lifted
+    without a manifest (a stage that exits 0 without publishing); while `paused` is set, pods stay gated.
+    """
+
+    def __init__(self, kube: KubeCluster, s3, namespace: str):
+        self.kube, self.s3, self.ns = kube, s3, namespace
+        self.fs = s3.filesystem()
+        self.skip: set[str] = set()
+        self.paused = threading.Event()  # set: pods stay gated (runs wait mid-way)
+        self.published: list[str] = []
+        self.errors: list[str] = []
+        self._done: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="kwok-publisher", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.2):
+            if self.paused.is_set():
+                continue
+            code, body = self.kube.request("GET", f"/api/v1/namespaces/{self.ns}/pods?labelSelector=cai.dev/run")
+            if code != 200:
+                continue
+            for pod in body.get("items") or []:
+                gates = [g["name"] for g in pod["spec"].get("schedulingGates") or []]
+                if PUBLISH_GATE in gates and pod["metadata"]["uid"] not in self._done:
+                    try:
+                        self._publish(pod)
+                    except Exception as e:  # noqa: BLE001 — shown by the test that waits on the run
+                        self.errors.append(f"{pod['metadata']['name']}: {type(e).__name__}: {e}")
+                        continue
+                    self._done.add(pod["metadata"]["uid"])
+                    self._lift(pod, [g for g in gates if g != PUBLISH_GATE])
+
+    def _publish(self, pod: dict) -> None:
+        from cai import __version__
+        from cai.pipeline.stagespec import StageSpec
+
+        if pod["metadata"]["labels"]["cai.dev/run"] in self.skip:
+            return
+        volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "stage-spec")["configMap"]
+        code, cm = self.kube.request("GET", f"/api/v1/namespaces/{self.ns}/configmaps/{volume['name']}")
+        assert code == 200, cm
+        spec = StageSpec.model_validate_json(cm["data"][volume["items"][0]["key"]])
+        out = spec.output.removeprefix("s3://")
+        if self.fs.exists(f"{out}/manifest.json"):  # a retried pod: published already
+            return
+        inputs = {role: hashlib.sha256(self.fs.cat(f"{uri.removeprefix('s3://')}/manifest.json")).hexdigest()
+                  for role, uri in spec.inputs.items() if uri}
+        data = b'{"kwok": true}\n'
+        self.fs.pipe(f"{out}/data.jsonl", data)
+        manifest = {"schemaVersion": 1, "kind": "dataset",
+                    "producer": {"kind": spec.kind, "name": spec.name, "namespace": spec.namespace,
+                                 "stage": spec.stage, "version": __version__},
+                    "inputs": [{"role": r, "uri": spec.inputs[r], "sha256": d} for r, d in inputs.items()],
+                    "inputsDigest": spec.digest(inputs),
+                    "files": [{"path": "data.jsonl", "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}],
+                    "metrics": {"durationSeconds": 0.5}, "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        self.fs.pipe(f"{out}/manifest.json", json.dumps(manifest).encode())
+        self.published.append(spec.output)
+
+    def _lift(self, pod: dict, rest: list[str]) -> None:
+        code, body = self.kube.request(
+            "PATCH", f"/api/v1/namespaces/{self.ns}/pods/{pod['metadata']['name']}",
+            {"spec": {"schedulingGates": [{"name": g} for g in rest]}},
+            content_type="application/strategic-merge-patch+json" if rest else "application/merge-patch+json")
+        if code not in (200, 404):
+            self.errors.append(f"lifting the gate of {pod['metadata']['name']}: HTTP {code}: {body}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -297,14 +384,22 @@ def operator_env(s3_server, kube_namespace) -> dict[str, str]:
 
 
 @pytest.fixture
-def start_operator(request, operator_sa_kubeconfig, kube_namespace, operator_env, tmp_path):
+def kwok_publisher(kube_cluster, s3_server, kube_namespace):
+    publisher = KwokPublisher(kube_cluster, s3_server, kube_namespace)
+    yield publisher
+    publisher.close()
+    assert not publisher.errors, publisher.errors
+
+
+@pytest.fixture
+def start_operator(request, operator_sa_kubeconfig, kube_namespace, operator_env, tmp_path, kwok_publisher):
     """Factory: start `cai operator` processes for this namespace; all are stopped after the test."""
     started: list[OperatorProcess] = []
 
     def start(name: str = "operator", standalone: bool = True, env: dict[str, str] | None = None,
-              wait: bool = True) -> OperatorProcess:
-        op = OperatorProcess(operator_sa_kubeconfig, [kube_namespace], {**operator_env, **(env or {})}, tmp_path,
-                             standalone=standalone, name=name)
+              wait: bool = True, kubeconfig: Path | None = None) -> OperatorProcess:
+        op = OperatorProcess(kubeconfig or operator_sa_kubeconfig, [kube_namespace], {**operator_env, **(env or {})},
+                             tmp_path, standalone=standalone, name=name)
         started.append(op)
         return op.start(wait=wait)
 

@@ -7,7 +7,8 @@
 - `helm install` (CRDs present, kept on uninstall, Deployment available on the kwok node), `helm upgrade`
   (new values reach the Deployment, a changed CRD template reaches the CRD), `helm uninstall` (runs and
   CRDs kept, everything else gone);
-- the install block of docs/install.md (which the README repeats) run as written;
+- (the install block of docs/install.md, which the README repeats, runs in tests/e2e/test_install.py on the
+  real node, where the operator's image runs);
 - `promtool check rules` and `promtool test rules` on the rendered PrometheusRule, and every metric the
   alerts query is one the operator exports.
 """
@@ -30,8 +31,11 @@ from tests.cluster import control_plane as cp
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "cai-operator"
 TESTDATA = Path(__file__).parent / "testdata"
-KUBE_VERSION = "1.34.10"
 CRD_NAMES = sorted(yaml.safe_load(p.read_text())["metadata"]["name"] for p in (REPO / "crds").glob("*.yaml"))
+
+
+# Every test here runs helm or promtool, built with the test control plane (make cluster).
+pytestmark = pytest.mark.cluster
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -64,7 +68,7 @@ def sets(values: dict) -> list[str]:
 
 def render(env: dict[str, str], release: str, namespace: str, values: dict | None = None,
            chart: Path = CHART) -> list[dict]:
-    out = helm(env, "template", release, str(chart), "-n", namespace, f"--kube-version={KUBE_VERSION}",
+    out = helm(env, "template", release, str(chart), "-n", namespace,
                *sets(values or {})).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
@@ -89,9 +93,18 @@ def shape(name: str, ns: str) -> dict:
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
 def test_helm_lint_strict(name, helm_env):
-    p = helm(helm_env, "lint", "--strict", str(CHART), f"--kube-version={KUBE_VERSION}",
-             *sets(shape(name, "team-a")), check=False)
+    p = helm(helm_env, "lint", "--strict", str(CHART), *sets(shape(name, "team-a")), check=False)
     assert p.returncode == 0 and "0 chart(s) failed" in p.stdout, p.stdout + p.stderr
+
+
+def test_helm_knows_its_kubernetes_version(helm_env):
+    """helm is built with its Kubernetes version stamp (tests/cluster/build.sh), as released helm is: with
+    no cluster and no --kube-version it assumes 1.34 (our client-go), and the chart's kubeVersion is
+    still enforced against an explicit older one."""
+    out = helm(helm_env, "template", "rel", str(CHART), "--show-only", "templates/deployment.yaml").stdout
+    assert "kind: Deployment" in out
+    p = helm(helm_env, "template", "rel", str(CHART), "--kube-version=1.28.0", check=False)
+    assert p.returncode != 0 and "incompatible with Kubernetes v1.28.0" in p.stderr, p.stderr
 
 
 def test_rendered_defaults_follow_the_contract(helm_env):
@@ -157,7 +170,7 @@ def test_gitops_example_values_render(helm_env, tmp_path):
     values = tmp_path / "values.yaml"
     values.write_text(yaml.safe_dump(app["spec"]["source"]["helm"]["valuesObject"]))
     out = helm(helm_env, "template", app["spec"]["source"]["helm"]["releaseName"], str(CHART), "-n",
-               app["spec"]["destination"]["namespace"], f"--kube-version={KUBE_VERSION}", "-f", str(values)).stdout
+               app["spec"]["destination"]["namespace"], "-f", str(values)).stdout
     kinds = {d["kind"] for d in yaml.safe_load_all(out) if d}
     assert {"ServiceMonitor", "PrometheusRule", "Deployment", "CustomResourceDefinition"} <= kinds, kinds
 
@@ -181,7 +194,7 @@ def monitoring_crds(kube_cluster):
 def test_template_passes_server_side_dry_run(name, helm_env, kube_cluster, kube_namespace, monitoring_crds):
     values = shape(name, kube_namespace)
     manifest = helm(helm_env, "template", f"r{secrets.token_hex(3)}", str(CHART), "-n", kube_namespace,
-                    f"--kube-version={KUBE_VERSION}", *sets(values)).stdout
+                    *sets(values)).stdout
     p = kube_cluster.kubectl("apply", "--server-side", "--dry-run=server", "--field-manager=cai-chart-tests",
                              "--force-conflicts", "-n", kube_namespace, "-f", "-", input=manifest, check=False)
     assert p.returncode == 0, p.stderr
@@ -259,8 +272,8 @@ def test_install_upgrade_uninstall(helm_env, kube_cluster, kube_namespace, tmp_p
     ns = kube_namespace
     release = f"cai-{secrets.token_hex(3)}"
     full = f"{release}-cai-operator"
-    # Pods on the kwok node (which "runs" them), not on a plain e2e node another test may have created.
-    base = ["--set", "nodeSelector.type=kwok", "--take-ownership"]
+    # Pods on the kwok node (which "runs" them), not on the real node (which has no images here).
+    base = [*cp.KWOK_HELM_FLAGS, "--take-ownership"]
 
     # --- install
     p = helm(env, "install", release, str(CHART), "-n", ns, *base, "--set", "stages.defaultResources.cpu=3",
@@ -320,51 +333,6 @@ def test_install_upgrade_uninstall(helm_env, kube_cluster, kube_namespace, tmp_p
                  f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{full}",
                  f"/api/v1/namespaces/{ns}/serviceaccounts/{full}"):
         assert _until(f"{path} to be deleted", lambda p=path: kube_cluster.request("GET", p)[0] == 404, 60)
-
-
-# ------------------------------------------------------------------------------------- README install
-
-def install_block(text: str) -> str | None:
-    m = re.search(r"<!-- install:begin[^>]*-->\s*```bash\n(.*?)```\s*<!-- install:end -->", text, re.DOTALL)
-    return m.group(1) if m else None
-
-
-def _cleanup_readme_install(kube_cluster, env) -> None:
-    helm(env, "uninstall", "cai-operator", "-n", "cai-system", "--wait", "--timeout=120s", check=False)
-    for ns in ("ml-team", "cai-system"):
-        kube_cluster.request("DELETE", f"/api/v1/namespaces/{ns}")
-    for ns in ("ml-team", "cai-system"):
-        _until(f"namespace {ns} to go", lambda ns=ns: kube_cluster.request("GET", f"/api/v1/namespaces/{ns}")[0] == 404,
-               120)
-
-
-@pytest.mark.cluster
-def test_install_section_works_as_written(helm_env, kube_cluster, s3_server):
-    """docs/install.md's install block (the README's Install section repeats it) runs as written, with the
-    test control plane's S3 settings in the environment (`source .cache/cluster/s3.env`)."""
-    block = install_block((REPO / "docs" / "install.md").read_text())
-    assert block, "docs/install.md has no <!-- install:begin --> bash block"
-    readme = REPO / "README.md"
-    if readme.exists() and "<!-- install:begin" in readme.read_text():
-        assert install_block(readme.read_text()) == block, "README's install block differs from docs/install.md"
-    assert len(block.strip().splitlines()) <= 13, "the README's Install section is at most 15 lines"
-    env = {**helm_env, **kube_cluster.env, **s3_server.vars}
-    _cleanup_readme_install(kube_cluster, env)
-    try:
-        p = subprocess.run(["bash", "-euo", "pipefail", "-c", block], capture_output=True, text=True, env=env,
-                           cwd=REPO, timeout=400, check=False)
-        assert p.returncode == 0, f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}"
-        assert "successfully rolled out" in p.stdout, p.stdout
-        for name in CRD_NAMES:
-            assert name in p.stdout, p.stdout
-        assert "quickstart-sl" in p.stdout and "harmless" in p.stdout, p.stdout
-        code, dep = kube_cluster.request("GET", "/apis/apps/v1/namespaces/cai-system/deployments/cai-operator")
-        assert code == 200, dep
-        env_vars = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
-        assert env_vars["CAI_STORAGE_URI"] == f"s3://{s3_server.bucket}/runs"
-        assert env_vars["CAI_S3_ENDPOINT"] == s3_server.endpoint
-    finally:
-        _cleanup_readme_install(kube_cluster, env)
 
 
 # ---------------------------------------------------------------------------------------------- alerts

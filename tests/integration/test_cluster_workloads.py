@@ -12,7 +12,7 @@ import time
 import pytest
 from kubernetes import client
 
-from tests.cluster.control_plane import KWOK_NODE
+from tests.cluster.control_plane import KWOK_HELM_FLAGS, KWOK_NODE, KWOK_PLACEMENT
 
 pytestmark = pytest.mark.cluster
 
@@ -32,7 +32,7 @@ def _job(name: str, **spec_extra) -> dict:
     return {
         "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
         "spec": {"backoffLimit": 0, **spec_extra, "template": {"spec": {
-            "restartPolicy": "Never", "nodeSelector": {"type": "kwok"},
+            "restartPolicy": "Never", **KWOK_PLACEMENT,
             "containers": [{"name": "main", "image": "busybox:1.36", "command": ["true"]}]}}},
     }
 
@@ -126,9 +126,10 @@ def test_ttl_after_finished_deletes_job(kube_cluster, kube_namespace, batch):
 
 
 def test_plain_node_is_ready_and_not_managed_by_kwok(kube_cluster, kube_namespace, batch):
-    """The e2e `cai-e2e-node` kind of node: Ready, schedulable, but its pods are left for a test to run."""
+    """A plain Node object (test_rbac's kind of node): Ready, schedulable, but kwok leaves its pods alone
+    for a test to run."""
     _, core = batch
-    name = f"cai-e2e-node-{secrets.token_hex(3)}"
+    name = f"cai-plain-node-{secrets.token_hex(3)}"
     kube_cluster.create_node(name, labels={"cai.dev/test": "plain"})
     try:
         assert kube_cluster.node_ready(name)
@@ -162,7 +163,7 @@ def test_helm_installs_a_chart(kube_cluster, kube_namespace, tmp_path):
     p = helm("create", str(tmp_path / "demo"))
     assert p.returncode == 0, p.stderr
     p = helm("install", "demo", str(tmp_path / "demo"), "-n", kube_namespace, "--wait", "--timeout=90s",
-             "--set", "nodeSelector.type=kwok")
+             *KWOK_HELM_FLAGS)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "STATUS: deployed" in p.stdout
     ready = kube_cluster.kubectl("get", "deploy", "demo", "-n", kube_namespace, "-o",

@@ -8,7 +8,6 @@ are the apiserver's; kwok plays the kubelet of `kwok-node-0`.
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -20,8 +19,11 @@ TINY = "builtin:tiny-random"
 
 
 def crun_spec(**extra) -> dict:
+    """A small CritiqueRun whose pods the kwok node completes (its tolerations added to the test's own)."""
+    resources = extra.pop("resources", {})
+    resources = {**KWOK, **resources, "tolerations": KWOK["tolerations"] + resources.get("tolerations", [])}
     return {"constitutionRef": {"name": "harmless"}, "model": TINY, "prompts": {"source": "builtin:red-team", "limit": 2},
-            "resources": {**KWOK, **extra.pop("resources", {})}, **extra}
+            "resources": resources, **extra}
 
 
 def event_reasons(api, name: str) -> list[str]:
@@ -216,11 +218,15 @@ def test_kueue_queue_and_constitution_edited_mid_run(api, start_operator):
     assert api.core("configmaps", "queued-crun-spec")["data"] == spec_before  # both stages ran the original text
     assert "edited while" not in spec_before["finetune.json"]
 
-    # A finished run does not change when its Constitution changes again.
+    # A finished run does not change when its Constitution changes again. The Constitution's reconcile
+    # pokes the run (then counts itself); the run's own reconcile counts after it has written nothing.
     before = api.get("CritiqueRun", "queued")["status"]
+    runs, constitutions = (op.metric("cai_reconcile_total", kind=k) for k in ("CritiqueRun", "Constitution"))
     api.patch("Constitution", "harmless", {"spec": {"description": "edited again"}})
     until("Constitution digest updated", lambda: api.get("Constitution", "harmless")["status"]["digest"] != started_with)
-    time.sleep(2)  # room for the run's reconcile that the Constitution's change triggers
+    until("the run reconciled after the Constitution's change",
+          lambda: op.metric("cai_reconcile_total", kind="Constitution") > constitutions
+          and op.metric("cai_reconcile_total", kind="CritiqueRun") > runs)
     assert api.get("CritiqueRun", "queued")["status"] == before
 
 

@@ -53,8 +53,11 @@ class JobRecorder:
                         break
             except Exception:  # noqa: BLE001 — watch expired (410) or connection reset: list again and carry on
                 rv = None
-                for job in self.batch.list_namespaced_job(self.namespace).items:
-                    self.uids[job.metadata.name].add(job.metadata.uid)
+                try:
+                    for job in self.batch.list_namespaced_job(self.namespace).items:
+                        self.uids[job.metadata.name].add(job.metadata.uid)
+                except Exception:  # noqa: BLE001 — the apiserver is down (restarted by a test): try again
+                    time.sleep(0.5)
 
     def close(self) -> None:
         self.stop.set()

@@ -61,7 +61,7 @@ CONVERSATIONS = [
 
 
 def preference_prompts(render: object) -> list[str]:
-    """Feedback-model style prompts ending where the option letter comes next (DESIGN §1 item 7)."""
+    """Feedback-model style prompts ending where the option letter comes next (docs/design.md#ai-feedback)."""
     out = []
     for i, conv in enumerate(CONVERSATIONS):
         question = (

@@ -33,7 +33,7 @@ def make_ctx(tmp: Path, stage: str, kind: str, spec: dict[str, Any], models: dic
         "policy": {"model": TINY}, "rewardModelRef": {"name": "pm"}}
     stage_spec = StageSpec(stage=stage, kind=kind, name="t", spec={**base, **spec}, models=models, inputs=inputs or {},
                            constitution=constitution, output=out.as_uri())
-    return StageContext(spec=stage_spec, out_dir=out, work_dir=work)
+    return StageContext.of(stage_spec, out, work)
 
 
 def artifact(directory: Path, files: dict[str, str | bytes] | None = None, kind: str = "dataset") -> str:

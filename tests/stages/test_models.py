@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from cai.models.backends import BACKENDS, OptionTokenError, SamplingParams, load_backend, resolve_kind
-from cai.models.resolve import ModelResolveError, _fs_for, resolve_model, sha256_file
+from cai.models.resolve import ModelResolveError, resolve_model
+from cai.store import file_digest, filesystem
 
 if TYPE_CHECKING:
     from cai.models.backends.hf import TransformersBackend
@@ -66,7 +67,7 @@ def test_tiny_random_prepares_deterministically_in_a_fresh_cache(
     fresh = resolve_model("builtin:tiny-random")
     assert fresh.is_relative_to(tmp_path)
     # Same seed, same bytes: every machine gets identical tiny-random weights.
-    assert sha256_file(fresh / "model.safetensors") == sha256_file(tiny_model_dir / "model.safetensors")
+    assert file_digest(fresh / "model.safetensors") == file_digest(tiny_model_dir / "model.safetensors")
     mtime = (fresh / "model.safetensors").stat().st_mtime_ns
     assert resolve_model("builtin:tiny-random") == fresh
     assert (fresh / "model.safetensors").stat().st_mtime_ns == mtime  # not rebuilt
@@ -130,7 +131,7 @@ def test_file_uri_model_is_copied_and_verified(tmp_path: Path, monkeypatch: pyte
     local = resolve_model(f"file://{remote}")
     assert local.is_relative_to(tmp_path / "cache") and local != remote
     for entry in manifest["files"]:
-        assert sha256_file(local / entry["path"]) == entry["sha256"]
+        assert file_digest(local / entry["path"]) == entry["sha256"]
     assert json.loads((local / "manifest.json").read_text())["files"] == manifest["files"]
 
     # Second resolution: cached copy matches the manifest, nothing is downloaded again.
@@ -144,7 +145,7 @@ def test_file_uri_model_is_copied_and_verified(tmp_path: Path, monkeypatch: pyte
         f.seek(100)
         f.write(b"\x00\x01\x02\x03")
     assert resolve_model(f"file://{remote}") == local
-    assert sha256_file(weights) == sha256_file(remote / "model.safetensors")
+    assert file_digest(weights) == file_digest(remote / "model.safetensors")
 
     # And the copy loads as a model.
     from transformers import AutoModelForCausalLM
@@ -174,7 +175,7 @@ def test_uri_without_manifest_and_wrong_artifact_kind(tmp_path: Path, monkeypatc
     monkeypatch.setenv("CAI_CACHE_DIR", str(tmp_path / "cache"))
     plain = _small_model_copy(tiny_model_dir, tmp_path / "plain")  # uploaded by hand: no manifest
     local = resolve_model(f"file://{plain}")
-    assert sha256_file(local / "model.safetensors") == sha256_file(plain / "model.safetensors")
+    assert file_digest(local / "model.safetensors") == file_digest(plain / "model.safetensors")
 
     dataset = tmp_path / "dataset"
     dataset.mkdir()
@@ -191,7 +192,7 @@ def test_s3_filesystem_takes_endpoint_and_credentials_from_env(monkeypatch: pyte
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-key")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
-    fs, path = _fs_for("s3://bucket/models/m")
+    fs, path = filesystem("s3://bucket/models/m")
     assert path == "bucket/models/m"
     assert fs.client_kwargs["endpoint_url"] == "http://127.0.0.1:9000"
     assert fs.key == "test-key"

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from cai.api.kinds import ConstitutionSpec
-from cai.constitution import feedback as fb
-from cai.models.backends import load_backend
-from cai.stages.labeller import Labeller, LabelSettings
+from cai.feedback import prompts as fb
+from cai.feedback.labeller import Labeller, LabelSettings
+from cai.models.backends import hf, load_backend
 from cai.stages.runtime import StageError
 
 from .rl_support import (
@@ -220,20 +220,32 @@ def test_option_letters_that_are_not_single_tokens_fail_before_bulk_work(tmp_pat
     assert not (ctx.out_dir / "comparisons.jsonl").exists()
 
 
-def test_shared_prefix_scoring_equals_the_backends_own_scores():
-    """The labeller's transformers fast path (few-shot prefix computed once) must give the numbers
-    of `score_next_token`, for prompts of different lengths spread over several batches."""
-    from cai.stages.prefix_scoring import common_prefix_length, score_options
-
+def test_shared_prefix_scoring_equals_the_plain_scores(monkeypatch: pytest.MonkeyPatch):
+    """The transformers backend's scoring with the few-shot prefix computed once must give the numbers
+    of its plain path, for prompts of different lengths spread over several batches."""
     backend = load_backend("transformers", TINY, batch_size=3)
     try:
         labeller = Labeller(backend, CONST, LabelSettings(few_shot_examples=2))
         prompts = [fb.answer_prompt(labeller.rendered(c, CONST.preference_principles[i], order))
                    for i, c in enumerate(COMPARISONS * 2) for order in fb.ORDERS]
         encoded = backend.tokenizer(prompts, add_special_tokens=False)["input_ids"]
-        assert common_prefix_length(encoded) > 100, "the few-shot prefix is shared"
-        fast = score_options(backend, prompts, fb.OPTIONS)
+        shared = hf._shared_prefix_len(encoded)
+        assert shared > 100, "the few-shot prefix is shared"
+        forward = backend.lm.forward
+        widths: list[int] = []
+
+        def spy(*args, **kwargs):
+            widths.append(kwargs["input_ids"].shape[1])
+            return forward(*args, **kwargs)
+
+        monkeypatch.setattr(backend.lm, "forward", spy)
+        fast = backend.score_next_token(prompts, fb.OPTIONS)
+        assert widths[0] == shared and widths.count(shared) == 1, "the prefix runs once, alone"
+        assert max(widths[1:]) <= max(len(r) for r in encoded) - shared, "then only the prompts' own tokens"
+        monkeypatch.setattr(hf, "MIN_SHARED_PREFIX", 10**9)
+        widths.clear()
         plain = backend.score_next_token(prompts, fb.OPTIONS)
+        assert max(widths) == max(len(r) for r in encoded), "the plain path runs whole prompts"
     finally:
         backend.close()
     assert len(fast) == len(plain) == 12

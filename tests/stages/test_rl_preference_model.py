@@ -65,7 +65,8 @@ def test_the_trainer_computes_the_soft_loss_from_its_batch(tmp_path, tiny_model_
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig
 
-    from cai.stages.train_preference_model import _soft_label_trainer_class, soft_label_loss, tokenize_rows
+    from cai.models.reward import tokenize_rows
+    from cai.stages.train_preference_model import _soft_label_trainer_class, soft_label_loss
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)

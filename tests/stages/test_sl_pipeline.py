@@ -146,21 +146,30 @@ def test_same_seed_draws_the_same_principles(sl_run, tmp_path):
 def test_interrupt_keeps_finished_stages_and_rerun_resumes(tmp_path):
     store = tmp_path / "store"
     manifest = write_manifest(tmp_path / "crun.yaml", crun_manifest(name="interrupted"))
-    proc = subprocess.Popen([sys.executable, "-m", "cai", "run", str(CONSTITUTION), str(manifest), "--store", str(store), "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    seen = []
+    # A Python-level handler here becomes SIG_DFL in the child: Ctrl-C works there even when this test
+    # runs where SIGINT is ignored (a background job), which the child would otherwise inherit.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "cai", "run", str(CONSTITUTION), str(manifest), "--store",
+                                 str(store), "--quiet"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    seen: list[str] = []
+    in_finetune = False
     for line in proc.stdout:
         seen.append(line)
-        if "→ finetune" in line:
-            time.sleep(2)
+        if in_finetune:
+            # The finetune process has printed: it runs, and the runner waits on it. Ctrl-C now.
             os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
             break
+        in_finetune = "→ finetune" in line
     rest = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, "".join(seen) + rest
     dataset_uri = (store / "default/critiqueruns/interrupted/local/generate-revisions").as_uri()
     finished = read_manifest(dataset_uri)
     assert finished is not None, "the finished stage survives the interrupt"
-    assert read_manifest((store / "default/critiqueruns/interrupted/local/finetune").as_uri()) is None
+    assert read_manifest((store / "default/critiqueruns/interrupted/local/finetune").as_uri()) is None, "".join(seen) + rest
     status = status_of(store, "interrupted")["status"]
     assert {c["type"]: c["reason"] for c in status["conditions"]}["ModelFineTuned"] == "Interrupted"
 
@@ -184,13 +193,13 @@ def test_bad_input_fails_fast_and_writes_nothing(tmp_path):
     for label, (doc, extra, message) in cases.items():
         store = tmp_path / label.replace(" ", "-")
         manifest = write_manifest(tmp_path / f"{label.replace(' ', '-')}.yaml", doc)
-        started = time.monotonic()
         r = cai("run", *extra, str(manifest), "--store", str(store), "--quiet")
         assert r.returncode == 1, label
         assert f"{manifest}: CritiqueRun/tiny-sl: {message}" in r.stdout, (label, r.stdout)
         assert "nothing was run" in r.stderr
         assert not store.exists(), f"{label}: wrote into the store"
-        assert time.monotonic() - started < 30, f"{label}: should fail before loading any model"
+        # Models are loaded only by stage processes: none may have started.
+        assert "→" not in r.stderr and "[generate-revisions]" not in r.stderr, f"{label}: a stage started"
 
 
 def test_stage_entry_point_rejects_bad_specs(tmp_path):

@@ -90,6 +90,8 @@ def test_stage_job_spec():
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     sc = c["securityContext"]
     assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["readOnlyRootFilesystem"] is True
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"] and {"name": "tmp", "emptyDir": {}} in pod["volumes"]
     # The pod runs as the trainer images' own user, so files the image owns stay readable.
     images = Path(__file__).parents[2] / "images"
     for dockerfile in ("trainer.Dockerfile", "trainer-gpu.Dockerfile"):
@@ -133,16 +135,15 @@ def test_pod_template_is_strategically_merged():
     r = run({"constitutionRef": {"name": "h"}, "resources": {"podTemplate": {
         "metadata": {"annotations": {"team": "a"}},
         "spec": {"containers": [{"name": "stage", "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}],
-                                 "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]},
-                                {"name": "sidecar", "image": "busybox"}],
+                                 "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]}],
                  "volumes": [{"name": "cache", "emptyDir": {}}]}}}})
     pod = build_job(r, "finetune", plan(), CONFIG)["spec"]["template"]
     assert pod["metadata"]["annotations"] == {"team": "a"} and pod["metadata"]["labels"]["cai.dev/run"] == "sl"
-    stage, sidecar = pod["spec"]["containers"]
-    assert stage["image"] == "img:cpu" and sidecar == {"name": "sidecar", "image": "busybox"}
+    [stage] = pod["spec"]["containers"]
+    assert stage["image"] == "img:cpu"
     assert {"name": "HF_HUB_OFFLINE", "value": "1"} in stage["env"] and any(e["name"] == "CAI_PROGRESS" for e in stage["env"])
-    assert [m["mountPath"] for m in stage["volumeMounts"]] == ["/etc/cai", "/cache"]
-    assert [v["name"] for v in pod["spec"]["volumes"]] == ["stage-spec", "cache"]
+    assert [m["mountPath"] for m in stage["volumeMounts"]] == ["/etc/cai", "/tmp", "/cache"]
+    assert [v["name"] for v in pod["spec"]["volumes"]] == ["stage-spec", "tmp", "cache"]
 
 
 def test_strategic_merge_directives():
@@ -209,3 +210,16 @@ def test_operator_imports_no_ml_libraries():
             "print(heavy); sys.exit(1 if heavy else 0)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_stage_pods_get_no_api_token_and_own_their_volumes():
+    """Stages never call the Kubernetes API: without a serviceAccountName of the run's choosing the pod
+    mounts no token. fsGroup makes mounted volumes (the model cache, scratch) writable by the pod's group."""
+    pod = build_job(run({"constitutionRef": {"name": "h"}}), "finetune", plan(), CONFIG)["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+    sc = pod["securityContext"]
+    assert sc["fsGroup"] == sc["runAsGroup"] == sc["runAsUser"] and sc["runAsUser"] != 0
+    # A run that names its own ServiceAccount (e.g. IRSA for S3) decides about the token itself.
+    own = build_job(run({"constitutionRef": {"name": "h"}, "resources": {"serviceAccountName": "trainer"}}),
+                    "finetune", plan(), CONFIG)["spec"]["template"]["spec"]
+    assert own["serviceAccountName"] == "trainer" and "automountServiceAccountToken" not in own

@@ -56,3 +56,16 @@ def test_lease_decisions():
     assert took.lease["spec"]["leaseTransitions"] == 3
     # Released (empty holder): take it at once.
     assert decide(lease(""), "me", 15, observed_since=100, now=100, name="l", namespace="ns").action == "acquire"
+
+
+def test_renew_deadline_sits_between_the_renew_period_and_the_lease():
+    import pytest
+
+    from cai.controller.config import ConfigError, OperatorConfig
+
+    assert OperatorConfig.from_env({}).lease_renew_deadline_seconds == 10.0  # client-go's 10 s of 15 s
+    cfg = OperatorConfig.from_env({"CAI_LEASE_DURATION_SECONDS": "4", "CAI_LEASE_RENEW_SECONDS": "0.5"})
+    assert 0.5 < cfg.lease_renew_deadline_seconds < 4
+    for bad in ({"CAI_LEASE_RENEW_DEADLINE_SECONDS": "15"}, {"CAI_LEASE_RENEW_DEADLINE_SECONDS": "1"}):
+        with pytest.raises(ConfigError, match="CAI_LEASE_RENEW_DEADLINE_SECONDS"):
+            OperatorConfig.from_env(bad)

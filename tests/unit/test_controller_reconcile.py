@@ -7,6 +7,7 @@ Constitution edited mid-run does not change the run, dependencies gate and fail 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -14,20 +15,19 @@ import pytest
 
 from cai.api.manifest import parse_resource
 from cai.controller.config import OperatorConfig
-from cai.controller.observed import MISSING, FrozenPlan, JobObs, Need, Observed, Outcome
+from cai.controller.observed import MISSING, ArtifactObs, FrozenPlan, JobObs, Need, Observed, Outcome, Storage
 from cai.controller.reconcile import (
     CREATE_GRACE_SECONDS,
     Context,
     reconcile_constitution,
     reconcile_run,
-    resolve_storage,
-    run_state,
     spec_problems,
-    stage_names,
 )
+from cai.controller.storage import Refused, resolve_storage
 from cai.pipeline.conditions import get_condition
 from cai.pipeline.plan import Plan, plan_resource
-from cai.pipeline.status import constitution_status
+from cai.pipeline.runstate import constitution_status, state_word
+from cai.pipeline.stagespec import StageSpec
 
 CONST = {"critiqueRevisionPrinciples": [{"name": "p", "critique": "c", "revision": "r"}],
          "preferencePrinciples": [{"name": "q", "question": "Which is less harmful?"}]}
@@ -63,21 +63,43 @@ def job(run, stage, **kw):
     return JobObs(**{**defaults, **kw})
 
 
-def decide(run, c, jobs=(), **obs_kw) -> Outcome:
-    """reconcile until it stops asking: answer storage/plan/manifests/pod messages like the controller would."""
+METRICS = {"tokensGenerated": 1234, "sftRows": 10, "durationSeconds": 3.5}
+
+
+def published(plan: FrozenPlan, metrics=METRICS) -> dict[str, ArtifactObs]:
+    """The manifests a plan's stages write when they succeed, as the store would hand them over."""
+    store: dict[str, ArtifactObs] = {}
+    for stage in plan.stages:
+        spec = StageSpec.model_validate_json(plan.specs[stage])
+        inputs = {role: store[uri].digest if uri in store else None for role, uri in spec.inputs.items()}
+        # Written by another version than the operator's: the check uses the writer's version.
+        manifest = {"inputsDigest": spec.digest(inputs, "9.9"), "metrics": metrics,
+                    "producer": {"kind": spec.kind, "name": spec.name, "stage": stage, "version": "9.9"}}
+        raw = json.dumps(manifest).encode()
+        store[spec.output] = ArtifactObs(manifest, hashlib.sha256(raw).hexdigest())
+    return store
+
+
+def decide(run, c, jobs=(), store=None, **obs_kw) -> Outcome:
+    """reconcile until it stops asking: answer storage/plan/manifests/pod messages like the controller would.
+    Manifests come from `store` (uri -> ArtifactObs), else from what the plan's stages would have written."""
     obs = Observed(now=obs_kw.pop("now", time.time()), jobs={j.stage: j for j in jobs}, **obs_kw)
     for _ in range(6):
         out = reconcile_run(run, obs, c)
         if not isinstance(out, Need):
             return out
         if out.storage_configmap:
-            obs.storage_configmap = MISSING
+            obs.storage_configmap = obs_kw.get("storage_configmap", MISSING)
         if out.plan:
             obs.plan = obs_kw.get("plan", MISSING)
+        answers = store if store is not None else published(obs.plan) if isinstance(obs.plan, FrozenPlan) else {}
         for uri in out.manifests:
-            obs.manifests[uri] = {"metrics": {"tokensGenerated": 1234, "sftRows": 10, "durationSeconds": 3.5}}
+            obs.manifests[uri] = answers.get(uri, ArtifactObs({"metrics": METRICS}, "d") if store is None else
+                                             ArtifactObs(None))
         for name in out.pod_messages:
             obs.pod_messages[name] = f"{name}-abc: stage finetune: CUDA out of memory"
+        for name in out.pods_pending:
+            obs.pods_pending[name] = f"{name}-abc: Unschedulable: 0/1 nodes are available"
     raise AssertionError("reconcile kept asking")
 
 
@@ -130,7 +152,7 @@ def test_critique_run_lifecycle_creates_jobs_in_order_and_finishes():
 
     ft_done = job(run, "finetune", succeeded=1, complete=True, start_time="2030-01-01T00:02:00Z",
                   completion_time="2030-01-01T00:03:00Z")
-    out = advance(run, decide(run, c, [done, ft_done]))
+    out = advance(run, decide(run, c, [done, ft_done], plan=plan))
     summary = get_condition(run.status, "Succeeded")
     assert (summary.status, summary.reason) == ("True", "Succeeded")
     assert run.status.outputs.model == ft_done.output
@@ -141,6 +163,111 @@ def test_critique_run_lifecycle_creates_jobs_in_order_and_finishes():
     # Replaying the final decision is a no-op (nothing to create, same status, no events).
     again = decide(run, c, [done, ft_done])
     assert again.creates == [] and again.events == [] and again.status.to_wire() == run.status.to_wire()
+
+
+def started(run, c) -> FrozenPlan:
+    out = advance(run, decide(run, c))
+    return FrozenPlan.from_configmap_data(out.creates[0]["data"])
+
+
+def test_a_completed_job_without_its_artifact_fails_the_run_naming_it():
+    const = constitution()
+    run = res("CritiqueRun", "sl", {"constitutionRef": {"name": "h"}})
+    c = ctx(const)
+    plan = started(run, c)
+    done = job(run, "generate-revisions", succeeded=1, complete=True)
+    out = advance(run, decide(run, c, [done], plan=plan, store={}))
+    summary = get_condition(run.status, "Succeeded")
+    assert (summary.status, summary.reason) == ("False", "ArtifactMissing") and out.terminal
+    assert f"{done.output}/manifest.json does not exist" in summary.message
+    assert get_condition(run.status, "CritiquesGenerated").reason == "ArtifactMissing"
+    assert out.creates == [] and run.status.outputs.dataset is None
+    assert [o.labels for o in out.observations] == [(("kind", "CritiqueRun"), ("stage", "generate-revisions"),
+                                                     ("reason", "ArtifactMissing"))]
+
+
+def test_an_artifact_written_for_other_inputs_fails_the_stage():
+    const = constitution()
+    run = res("CritiqueRun", "sl", {"constitutionRef": {"name": "h"}})
+    c = ctx(const)
+    plan = started(run, c)
+    store = published(plan)
+    dataset, model = (plan.outputs[s] for s in plan.stages)
+    done = job(run, "generate-revisions", succeeded=1, complete=True)
+    advance(run, decide(run, c, [done], plan=plan, store=store))
+    assert get_condition(run.status, "CritiquesGenerated").status == "True"
+    # The dataset was replaced after finetune started: the model's manifest names the old one.
+    changed = {**store, dataset: ArtifactObs(store[dataset].manifest, "0" * 64)}
+    ft_done = job(run, "finetune", succeeded=1, complete=True)
+    advance(run, decide(run, c, [done, ft_done], plan=plan, store=changed))
+    summary = get_condition(run.status, "Succeeded")
+    assert (summary.status, summary.reason) == ("False", "ArtifactMissing")
+    assert f"artifact {model} was not written for this run's plan" in summary.message
+
+
+def test_an_unreadable_store_is_reported_and_checked_again():
+    const = constitution()
+    run = res("CritiqueRun", "sl", {"constitutionRef": {"name": "h"}})
+    c = ctx(const)
+    plan = started(run, c)
+    done = job(run, "generate-revisions", succeeded=1, complete=True)
+    denied = {plan.outputs["generate-revisions"]: ArtifactObs(None, error="ClientError: AccessDenied")}
+    out = advance(run, decide(run, c, [done], plan=plan, store=denied))
+    summary = get_condition(run.status, "Succeeded")
+    assert (summary.status, summary.reason) == ("Unknown", "ArtifactUnreadable") and not out.terminal
+    assert "AccessDenied" in summary.message and out.requeue_after
+    advance(run, decide(run, c, [done], plan=plan))  # readable again
+    assert get_condition(run.status, "CritiquesGenerated").status == "True"
+
+
+def test_a_refused_job_is_a_condition_with_the_apiservers_message_and_is_tried_again():
+    const = constitution()
+    run = res("CritiqueRun", "sl", {"constitutionRef": {"name": "h"}})
+    c = ctx(const)
+    quota = 'jobs.batch "sl-generate-revisions" is forbidden: exceeded quota: jobs, used: count/jobs.batch=1'
+    out = advance(run, decide(run, c, refused={"sl-generate-revisions": quota}))
+    assert kinds(out) == ["ConfigMap/sl-crun-spec"] and not out.terminal and out.requeue_after == 30.0
+    summary = get_condition(run.status, "Succeeded")
+    assert (summary.status, summary.reason) == ("Unknown", "FailedCreate") and quota in summary.message
+    stage = get_condition(run.status, "CritiquesGenerated")
+    assert (stage.status, stage.reason) == ("Unknown", "FailedCreate") and run.status.stages == []
+    assert [(e.type, e.reason) for e in out.events] == [("Warning", "FailedCreate")]
+    assert state_word(run.info, ("Unknown", "FailedCreate")) == "Waiting"
+    # The same refusal again changes nothing; once the quota allows it, the Job is created.
+    plan = FrozenPlan.from_configmap_data(out.creates[0]["data"])
+    again = decide(run, c, plan=plan, refused={"sl-generate-revisions": quota})
+    assert again.creates == [] and again.events == []
+    out = advance(run, decide(run, c, plan=plan))
+    assert kinds(out) == ["Job/sl-generate-revisions"] and get_condition(run.status, "Succeeded").reason == "JobRunning"
+    # Refused before the first stage (the ConfigMap): the run says so too.
+    other = res("CritiqueRun", "other", {"constitutionRef": {"name": "h"}})
+    out = decide(other, c, refused={"other-crun-spec": "configmaps is forbidden: exceeded quota"})
+    assert out.creates == [] and get_condition(out.status, "Succeeded").reason == "FailedCreate"
+
+
+def test_pods_that_never_start_get_a_condition_after_the_timeout():
+    const = constitution()
+    run = res("CritiqueRun", "sl", {"constitutionRef": {"name": "h"}})
+    config = OperatorConfig(storage_uri="s3://bucket/root", pod_start_timeout_seconds=600, resync_seconds=1000)
+    c = Context(config=config, lookup=ctx(const).lookup)
+    advance(run, decide(run, c))
+    now = time.time()
+    start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 100))
+    pending = job(run, "generate-revisions", active=1, start_time=start)
+    out = advance(run, decide(run, c, [pending], now=now))
+    assert get_condition(run.status, "Succeeded").reason == "JobRunning"
+    assert 499 <= out.requeue_after <= 502  # looked at again right after the timeout
+    out = advance(run, decide(run, c, [pending], now=now + 600))
+    summary = get_condition(run.status, "Succeeded")
+    assert (summary.status, summary.reason) == ("Unknown", "PodsNotStarted") and not out.terminal
+    assert "600s" in summary.message and "Unschedulable: 0/1 nodes are available" in summary.message
+    assert [(e.type, e.reason) for e in out.events] == [("Warning", "PodsNotStarted")]
+    # Once a pod runs, the run is simply running again; queued (suspended) Jobs are never "not started".
+    out = advance(run, decide(run, c, [job(run, "generate-revisions", active=1, ready=1, start_time=start)],
+                              now=now + 700))
+    assert get_condition(run.status, "Succeeded").reason == "JobRunning"
+    queued = job(run, "generate-revisions", suspended=True, queued=True)
+    assert get_condition(decide(run, c, [queued], now=now + 900).status, "Succeeded").reason == "JobQueued"
 
 
 def test_restart_adopts_existing_jobs_without_creating_again():
@@ -283,14 +410,14 @@ def test_kueue_queue_creates_suspended_jobs_and_leaves_them_to_kueue():
     queued = job(run, "generate-revisions", suspended=True, queued=True)
     out = decide(run, ctx(const), [queued])
     assert out.job_patches == [] and get_condition(out.status, "Succeeded").reason == "JobQueued"
-    assert run_state(run.info, ("Unknown", "JobQueued")) == "Queued"
+    assert state_word(run.info, ("Unknown", "JobQueued")) == "Queued"
 
 
 def test_invalid_spec_and_missing_storage():
     const = constitution()
     run = res("CritiqueRun", "sl", {"constitutionRef": {"name": "h"}, "prompts": {"source": "builtin:nope"},
                                     "model": "hf:"})
-    problems = spec_problems(run)
+    problems = spec_problems(run, CONFIG)
     assert any(p.startswith("spec.prompts.source:") for p in problems)
     assert any(p.startswith("spec.model:") for p in problems)
     out = decide(run, ctx(const), problems=problems)
@@ -313,8 +440,53 @@ def test_storage_resolution_order():
     assert "key uri" in resolve_storage(run, {"uri": "http://nope"}, CONFIG)
     own = res("CritiqueRun", "sl", {"constitutionRef": {"name": "h"},
                                     "storage": {"uri": "s3://mine/p", "secretRef": {"name": "mine"}}})
-    s = resolve_storage(own, {"uri": "s3://team/x"}, CONFIG)
+    s = resolve_storage(own, {"uri": "s3://team/x", "allowedURIs": "s3://mine", "allowedSecretNames": "mine"},
+                        CONFIG)
     assert (s.uri, s.secret_name, s.source) == ("s3://mine/p", "mine", "spec")
+
+
+def storage_run(**storage):
+    return res("CritiqueRun", "sl", {"constitutionRef": {"name": "h"}, "storage": storage})
+
+
+@pytest.mark.parametrize(("storage", "configmap", "field"), [
+    # Another namespace's tree of the shared bucket, or anywhere else: not without the namespace's permit.
+    ({"uri": "s3://bucket/root/other-ns"}, MISSING, "spec.storage.uri"),
+    ({"uri": "s3://bucket"}, MISSING, "spec.storage.uri"),
+    ({"uri": "s3://elsewhere/x"}, {"uri": "s3://team/x"}, "spec.storage.uri"),
+    ({"uri": "s3://team/x2"}, {"uri": "s3://team/x", "allowedURIs": "s3://team/x"}, "spec.storage.uri"),
+    ({"uri": "s3://bucket/root/ns/../other"}, MISSING, "spec.storage.uri"),
+    ({"uri": "s3://bucket/root//ns"}, MISSING, "spec.storage.uri"),
+    ({"uri": "s3://anything"}, None, "spec.storage.uri"),  # nothing configured: nothing permitted
+    # Someone else's credentials or endpoint.
+    ({"uri": "s3://bucket/root", "secretRef": {"name": "db-admin"}}, MISSING, "spec.storage.secretRef.name"),
+    ({"uri": "s3://bucket/root", "endpoint": "https://evil.example"}, MISSING, "spec.storage.endpoint"),
+])
+def test_storage_overrides_are_confined(storage, configmap, field):
+    config = CONFIG if configmap is not None else OperatorConfig()
+    out = resolve_storage(storage_run(**storage), MISSING if configmap is None else configmap, config)
+    assert isinstance(out, Refused) and out.message.startswith(f"{field}: "), out
+    # ... and the run ends InvalidSpec naming the field, with nothing created.
+    decision = decide(storage_run(**storage), Context(config=config, lookup=ctx(constitution()).lookup),
+                      storage_configmap=MISSING if configmap is None else configmap)
+    summary = get_condition(decision.status, "Succeeded")
+    assert (summary.status, summary.reason) == ("False", "InvalidSpec") and summary.message.startswith(field)
+    assert decision.creates == [] and decision.terminal
+
+
+@pytest.mark.parametrize(("storage", "configmap", "uri"), [
+    ({"uri": "s3://bucket/root"}, MISSING, "s3://bucket/root"),  # the namespace's own root, restated
+    ({"uri": "s3://bucket/root/ns/experiments"}, MISSING, "s3://bucket/root/ns/experiments"),  # below its prefix
+    ({"uri": "s3://scratch/a/b", "secretRef": {"name": "scratch"}, "endpoint": "https://s3.example"},
+     {"uri": "s3://team/x", "allowedURIs": "s3://scratch/a\ns3://other", "allowedSecretNames": "scratch",
+      "allowedEndpoints": "https://s3.example/"}, "s3://scratch/a/b"),
+])
+def test_storage_overrides_the_namespace_permits(storage, configmap, uri):
+    out = resolve_storage(storage_run(**storage), configmap, CONFIG)
+    assert isinstance(out, Storage) and out.uri == uri and out.source == "spec"
+    # Artifacts still go below the run's own namespace of that root.
+    plan = plan_resource(storage_run(**storage), ctx(constitution()).lookup, out.uri)
+    assert all(s.output.startswith(f"{uri}/ns/critiqueruns/sl/") for s in plan.stages)
 
 
 @pytest.mark.parametrize("spec", [
@@ -325,7 +497,7 @@ def test_stage_names_match_the_plan(spec):
     const = constitution()
     run = res("CritiqueRun", "sl", spec)
     plan = plan_resource(run, ctx(const).lookup, "file:///s")
-    assert isinstance(plan, Plan) and stage_names(run) == [s.stage for s in plan.stages]
+    assert isinstance(plan, Plan) and [s.name for s in run.info.stages_for(run.spec)] == [s.stage for s in plan.stages]
 
 
 def test_constitution_status_and_events():

@@ -138,7 +138,7 @@ def test_the_checker_catches_an_unknown_metric():
 
 
 def test_dashboard_covers_the_design_metrics(dash):
-    """DESIGN §6 lists the metrics platform teams watch: each is on the dashboard."""
+    """The metrics platform teams watch (docs/metrics.md) are each on the dashboard."""
     text = " ".join(queries(dash))
     for name in ("cai_runs", "cai_stage_duration_seconds", "cai_stage_failures_total", "cai_reconcile_total",
                  "cai_reconcile_duration_seconds", "cai_tokens_generated_total", "cai_preference_model_accuracy",

@@ -14,17 +14,19 @@ import pytest
 
 from cai.api.kinds import ConstitutionSpec
 from cai.api.manifest import parse_resource
-from cai.constitution import feedback as fb
-from cai.models.backends.base import Completion
-from cai.stages.evaluate import bootstrap_ci, wilson_ci, win_rate
-from cai.stages.labeller import Labeller, LabelSettings, validate_labels
-from cai.stages.train_preference_model import (
+from cai.feedback import labels, prompts
+from cai.feedback.labeller import Labeller, LabelSettings
+from cai.feedback.labels import validate_labels
+from cai.feedback.statistics import (
     accuracy,
+    bootstrap_ci,
     expected_calibration_error,
     reliability,
-    split_held_out,
-    training_targets,
+    wilson_ci,
+    win_rate,
 )
+from cai.models.backends.base import Completion
+from cai.stages.train_preference_model import split_held_out, training_targets
 
 CONST = ConstitutionSpec.model_validate({
     "critiqueRevisionPrinciples": [{"name": "c", "critique": "Critique it.", "revision": "Revise it."}],
@@ -39,7 +41,7 @@ CONST = ConstitutionSpec.model_validate({
 
 
 def test_question_follows_the_papers_multiple_choice_format():
-    q = fb.question_text("  Can you help me?  ", "Which is less harmful?", "first answer", "second answer")
+    q = prompts.question_text("  Can you help me?  ", "Which is less harmful?", "first answer", "second answer")
     assert q.startswith("Consider the following conversation between a human and an assistant:")
     assert "Human: Can you help me?" in q
     lines = q.splitlines()
@@ -48,56 +50,58 @@ def test_question_follows_the_papers_multiple_choice_format():
 
 
 def test_answer_cue_ends_the_scored_prompt_so_the_next_token_is_the_letter():
-    assert fb.answer_prompt("<chat>") == "<chat>The answer is: ("
-    cot = fb.answer_prompt("<chat>", "  B is worse.  ")
+    assert prompts.answer_prompt("<chat>") == "<chat>The answer is: ("
+    cot = prompts.answer_prompt("<chat>", "  B is worse.  ")
     assert cot == "<chat>Let's think step by step: B is worse.\nThe answer is: ("
-    assert fb.cot_prompt("<chat>") == "<chat>Let's think step by step:"
+    assert prompts.cot_prompt("<chat>") == "<chat>Let's think step by step:"
 
 
 def test_orders_swap_which_response_is_option_a():
-    ab = fb.comparison_conversation([], "p", "q?", "resp-A", "resp-B", "AB")[-1]["content"]
-    ba = fb.comparison_conversation([], "p", "q?", "resp-A", "resp-B", "BA")[-1]["content"]
+    ab = prompts.comparison_conversation([], "p", "q?", "resp-A", "resp-B", "AB")[-1]["content"]
+    ba = prompts.comparison_conversation([], "p", "q?", "resp-A", "resp-B", "BA")[-1]["content"]
     assert "(A) resp-A\n(B) resp-B" in ab
     assert "(A) resp-B\n(B) resp-A" in ba
     with pytest.raises(ValueError):
-        fb.comparison_conversation([], "p", "q?", "a", "b", "AA")
+        prompts.comparison_conversation([], "p", "q?", "a", "b", "AA")
 
 
 def test_few_shot_examples_are_turns_with_their_own_answers_and_reasoning_under_cot():
-    plain = fb.few_shot_turns(CONST, None, seed=3)
+    plain = prompts.few_shot_turns(CONST, None, seed=3)
     assert [t["role"] for t in plain] == ["user", "assistant"] * 2
     assert plain[1]["content"] == "The answer is: (A)" and plain[3]["content"] == "The answer is: (B)"
     assert "(A) I won't help with that." in plain[0]["content"]
-    cot = fb.few_shot_turns(CONST, 1, seed=3, chain_of_thought=True)
+    cot = prompts.few_shot_turns(CONST, 1, seed=3, chain_of_thought=True)
     assert len(cot) == 2
     assert cot[1]["content"] == "Let's think step by step: B helps with harm. So the better response is (A).\nThe answer is: (A)"
     # The same seed shows the examples with the same principles (the prefix is identical for every comparison).
-    assert fb.few_shot_turns(CONST, None, seed=3) == plain
+    assert prompts.few_shot_turns(CONST, None, seed=3) == plain
 
 
 def test_principle_draws_are_seeded_per_comparison_and_distinct_within_one():
-    a = fb.principles_for(CONST, 3, 7, "cmp-1")
-    assert a == fb.principles_for(CONST, 3, 7, "cmp-1")
+    a = prompts.principles_for(CONST, 3, 7, "cmp-1")
+    assert a == prompts.principles_for(CONST, 3, 7, "cmp-1")
     assert len({p.name for p in a}) == 3
-    draws = {tuple(p.name for p in fb.principles_for(CONST, 1, 7, f"cmp-{i}")) for i in range(40)}
+    draws = {tuple(p.name for p in prompts.principles_for(CONST, 1, 7, f"cmp-{i}")) for i in range(40)}
     assert len(draws) > 1, "different comparisons draw different principles"
 
 
 def test_softmax_over_the_two_options_and_the_order_flip():
     la, lb = math.log(0.3), math.log(0.1)  # 0.6 of the mass elsewhere drops out
-    assert fb.softmax_first(la, lb) == pytest.approx(0.75)
-    assert fb.softmax_first(-1000.0, -1001.0) == pytest.approx(1 / (1 + math.exp(-1)))
-    assert fb.softmax_first(-math.inf, -2.0) == 0.0
-    assert math.isnan(fb.softmax_first(-math.inf, -math.inf))
-    assert fb.p_response_a(0.8, "AB") == 0.8
-    assert fb.p_response_a(0.8, "BA") == pytest.approx(0.2)
+    assert labels.softmax_first(la, lb) == pytest.approx(0.75)
+    assert labels.softmax_first(-1000.0, -1001.0) == pytest.approx(1 / (1 + math.exp(-1)))
+    assert labels.softmax_first(-math.inf, -2.0) == 0.0
+    assert math.isnan(labels.softmax_first(-math.inf, -math.inf))
+    assert labels.p_response_a(0.8, "AB") == 0.8
+    assert labels.p_response_a(0.8, "BA") == pytest.approx(0.2)
 
 
 def test_clamp_and_its_validation():
-    assert fb.clamp(0.99, (0.4, 0.6)) == 0.6 and fb.clamp(0.01, (0.4, 0.6)) == 0.4 and fb.clamp(0.5, (0.4, 0.6)) == 0.5
-    assert fb.check_clamp([0.4, 0.6]) is None and fb.check_clamp([0.0, 1.0]) is None
+    assert labels.clamp(0.99, (0.4, 0.6)) == 0.6 and labels.clamp(0.01, (0.4, 0.6)) == 0.4 and labels.clamp(0.5, (0.4, 0.6)) == 0.5
+    assert labels.check_clamp([0.4, 0.6]) is None and labels.check_clamp([0.0, 1.0]) is None
     for bad in ([0.6, 0.9], [0.1, 0.4], [-0.1, 0.6], [0.4, 1.2], [0.4, math.nan], [0.5]):
-        assert fb.check_clamp(bad), bad
+        assert labels.check_clamp(bad), bad
+        with pytest.raises(ValueError, match="clamp"):  # settings never hold an unusable clamp
+            LabelSettings(chain_of_thought=True, clamp=bad)
 
 
 def test_clamp_outside_the_unit_interval_or_excluding_half_is_rejected_by_validation():
@@ -114,9 +118,9 @@ def test_clamp_outside_the_unit_interval_or_excluding_half_is_rejected_by_valida
 
 
 def test_label_problem_accepts_only_finite_probabilities():
-    assert fb.label_problem(0.0) is None and fb.label_problem(1) is None
+    assert labels.label_problem(0.0) is None and labels.label_problem(1) is None
     for bad in (math.nan, math.inf, -0.01, 1.01, "0.5", None, True):
-        assert fb.label_problem(bad), bad
+        assert labels.label_problem(bad), bad
     validate_labels([{"id": "x", "pA": 0.3, "orderScores": {"AB": 0.2, "BA": 0.4}}], "t")
     with pytest.raises(ValueError, match="comparison y .*pA not finite"):
         validate_labels([{"id": "y", "pA": math.nan}], "t")

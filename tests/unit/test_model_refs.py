@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cai.models.refs import BUILTIN_MODELS, DEFAULT_MODEL, ModelRef, check_model_ref, parse_model_ref
+from cai.models import DEFAULT_MODEL
+from cai.models.refs import BUILTIN_MODELS, ModelRef, check_model_ref, parse_model_ref
 
 
 @pytest.mark.parametrize(
@@ -40,7 +41,8 @@ def test_parse_accepted_forms(ref: str, scheme: str, target: str, revision: str 
 def test_default_is_the_embedded_model() -> None:
     assert DEFAULT_MODEL == "builtin:smollm2-135m-instruct"
     assert parse_model_ref(DEFAULT_MODEL).scheme == "builtin"
-    assert set(BUILTIN_MODELS) == {"smollm2-135m-instruct", "tiny-random"}
+    assert set(BUILTIN_MODELS) == {"smollm2-135m-instruct", "tiny-random", "qwen2.5-coder-0.5b-instruct",
+                                   "qwen2.5-coder-1.5b-instruct"}
 
 
 def test_ref_is_frozen_and_hashable() -> None:
@@ -169,3 +171,23 @@ def test_importing_refs_does_not_import_torch() -> None:
 
 def test_modelref_str_is_raw() -> None:
     assert str(ModelRef("hf", "org/name", "hf:org/name")) == "hf:org/name"
+
+
+def test_model_family_groups_builtins_and_hub_repos_by_model_name() -> None:
+    from cai.models.refs import model_family
+
+    assert model_family("builtin:qwen2.5-coder-1.5b-instruct") == model_family("hf:Qwen/Qwen2.5-7B-Instruct") == "qwen2.5"
+    assert model_family("builtin:smollm2-135m-instruct") == model_family("builtin:tiny-random") == "smollm2"
+    assert model_family("hf:HuggingFaceTB/SmolLM2-360M-Instruct") == "smollm2"
+    assert model_family("s3://bucket/runs/policy") == "s3://bucket/runs/policy"
+
+
+def test_a_judge_is_independent_only_of_another_model_and_family() -> None:
+    from cai.stages.evaluate import independence_problem
+
+    start = "builtin:smollm2-135m-instruct"
+    assert "feedback model" in independence_problem("builtin:qwen2.5-coder-1.5b-instruct",
+                                                    "builtin:qwen2.5-coder-1.5b-instruct", start)
+    assert "family (smollm2)" in independence_problem("hf:HuggingFaceTB/SmolLM2-1.7B-Instruct",
+                                                      "builtin:qwen2.5-coder-1.5b-instruct", start)
+    assert independence_problem("builtin:qwen2.5-coder-1.5b-instruct", start, start) is None

@@ -9,14 +9,7 @@ from cai.constitution import draw, stable_seed
 from cai.pipeline import Blocked, Plan, plan_resource
 from cai.pipeline.conditions import get_condition, is_true
 from cai.pipeline.plan import constitution_digest, order_by_references
-from cai.pipeline.status import (
-    constitution_status,
-    mark_blocked,
-    mark_completed,
-    mark_stage_failed,
-    mark_stage_started,
-    mark_stage_succeeded,
-)
+from cai.pipeline.runstate import RunState, constitution_status
 
 CONST = {"critiqueRevisionPrinciples": [{"name": f"p{i}", "critique": f"c{i}", "revision": f"r{i}"} for i in range(16)],
          "preferencePrinciples": [{"name": "q", "question": "Which is less harmful?"}]}
@@ -59,13 +52,14 @@ def test_preference_model_reads_the_critique_runs_output_and_fails_with_it():
     crun.status = crun.info.status()
     assert plan_resource(pm, lookup_of(const, crun), "file:///s").reason == "WaitingForDependency"
 
-    mark_stage_failed(crun.info, crun.status, STAGES["finetune"][1], "BackoffLimitExceeded", "OOM", 1)
+    RunState(crun.info, crun.status, 1).stage_failed(STAGES["finetune"][1], "BackoffLimitExceeded", "OOM")
     blocked = plan_resource(pm, lookup_of(const, crun), "file:///s")
     assert blocked.failed and blocked.reason == "DependencyFailed"
 
     crun.status = crun.info.status()
-    mark_stage_succeeded(crun.info, crun.status, STAGES["finetune"][1], "file:///s/sl-model", {"trainLoss": 1.5}, 1)
-    mark_completed(crun.info, crun.status, 1)
+    run = RunState(crun.info, crun.status, 1)
+    run.stage_succeeded(STAGES["finetune"][1], "file:///s/sl-model", {"trainLoss": 1.5})
+    run.completed()
     plan = plan_resource(pm, lookup_of(const, crun), "file:///s")
     pairs, label, train = plan.stages
     assert pairs.models == {"policy": "file:///s/sl-model"}
@@ -78,9 +72,10 @@ def test_rlaif_run_plans_training_and_evaluation():
     const.status = constitution_status(const)
     pm = res("PreferenceModel", "pm", {"constitutionRef": {"name": "h"}, "policy": {"model": "builtin:tiny-random"}})
     pm.status = pm.info.status()
+    run = RunState(pm.info, pm.status, 1)
     for stage, uri in (("label-preferences", "file:///s/cmp"), ("train-preference-model", "file:///s/pm")):
-        mark_stage_succeeded(pm.info, pm.status, STAGES[stage][1], uri, {}, 1)
-    mark_completed(pm.info, pm.status, 1)
+        run.stage_succeeded(STAGES[stage][1], uri, {})
+    run.completed()
     rl = res("RLAIFRun", "rl", {"policy": {"model": "builtin:tiny-random"}, "rewardModelRef": {"name": "pm"}})
     plan = plan_resource(rl, lookup_of(const, pm), "file:///s")
     train, evaluate = plan.stages
@@ -99,19 +94,20 @@ def test_order_by_references():
 
 def test_status_transitions():
     crun = res("CritiqueRun", "sl", {"constitutionRef": {"name": "h"}})
-    status, info = crun.info.status(), crun.info
-    mark_blocked(info, status, Blocked("WaitingForDependency", "waiting"), 1)
+    status = crun.info.status()
+    run = RunState(crun.info, status, 1)
+    run.blocked(Blocked("WaitingForDependency", "waiting"))
     assert get_condition(status, "Succeeded").status == "Unknown"
     stage = STAGES["generate-revisions"][1]
-    mark_stage_started(info, status, stage, 1, job_name="sl-generate-revisions")
+    run.stage_started(stage, job_name="sl-generate-revisions")
     first_transition = get_condition(status, "Succeeded").last_transition_time
     assert status.stages[0].attempts == 1 and status.stages[0].job_name == "sl-generate-revisions"
-    mark_stage_succeeded(info, status, stage, "file:///d", {"sftRows": 12, "durationSeconds": 3.5, "note": "x"}, 1)
+    run.stage_succeeded(stage, "file:///d", {"sftRows": 12, "durationSeconds": 3.5, "note": "x"})
     assert status.outputs.dataset == "file:///d"
     assert status.metrics == {"sftRows": 12.0, "generateRevisionsSeconds": 3.5}
     assert is_true(status, "CritiquesGenerated")
     assert get_condition(status, "Succeeded").last_transition_time == first_transition, "no status change, same time"
-    mark_completed(info, status, 1)
+    run.completed()
     assert is_true(status, "Succeeded") and get_condition(status, "Succeeded").reason == "Succeeded"
 
 
@@ -132,3 +128,37 @@ def test_principle_draws_are_reproducible_and_cover_the_list():
     assert set(a) == set(items), "uniform draws over 400 rows reach every principle"
     assert a != [draw(items, 8, "critique", f"id{i}", 1) for i in range(400)]
     assert stable_seed(1, "x") == stable_seed(1, "x") != stable_seed(1, "y")
+
+
+def test_every_stage_module_is_registered_once_and_every_registered_module_exists():
+    """The stage registry (KINDS) is the one list of stages: a stage module on disk that it does not
+    name would never run, and a name without a module would fail only in a pod."""
+    import importlib.util
+    from pathlib import Path
+
+    import cai.stages
+
+    support = {"__init__", "runtime", "training", "report_html"}
+    on_disk = {f"cai.stages.{p.stem}" for p in Path(cai.stages.__file__).parent.glob("*.py") if p.stem not in support}
+    registered = [info.module for _, info in STAGES.values()]
+    assert sorted(registered) == sorted(on_disk)
+    assert all(importlib.util.find_spec(m) is not None for m in registered)
+
+
+def test_reference_fields_are_found_in_typed_and_raw_specs_alike():
+    from cai.api.references import model_refs, prompt_sources, references
+
+    pm = res("PreferenceModel", "pm", {"constitutionRef": {"name": "h"}, "policy": {"critiqueRunRef": {"name": "sl"}},
+                                       "feedbackModel": "builtin:tiny-random",
+                                       "training": {"baseModel": "builtin:smollm2-135m-instruct"}})
+    want = [("Constitution", "h", "spec.constitutionRef.name"), ("CritiqueRun", "sl", "spec.policy.critiqueRunRef.name")]
+    assert references(pm.info.spec, pm.spec) == want
+    assert references(pm.info.spec, pm.spec.to_wire()) == want
+    assert model_refs(pm.info.spec, pm.spec) == [("spec.feedbackModel", "builtin:tiny-random"),
+                                                 ("spec.training.baseModel", "builtin:smollm2-135m-instruct")]
+    rl = res("RLAIFRun", "rl", {"policy": {"model": "builtin:tiny-random"}, "rewardModelRef": {"name": "pm"},
+                                "evaluation": {"enabled": False}})
+    assert references(rl.info.spec, rl.spec) == [("PreferenceModel", "pm", "spec.rewardModelRef.name")]
+    assert model_refs(rl.info.spec, rl.spec) == [("spec.policy.model", "builtin:tiny-random")]
+    # A disabled section is not read: its prompt sets are never loaded.
+    assert prompt_sources(rl.info.spec, rl.spec) == [("spec.prompts.source", "builtin:red-team")]

@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 CHART = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(CHART.parents[1] / "operator"))
 
-STAGES = ["generate-revisions", "finetune", "sample-pairs", "label-preferences", "train-preference-model",
-          "train-policy", "evaluate"]
+from cai.api.kinds import STAGES  # the stage registry: one image setting per stage
+
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
@@ -56,6 +57,21 @@ def image(desc: str) -> dict:
     }, ["repository"])
 
 
+def names(desc: str, pattern: str = DNS_SUBDOMAIN) -> dict:
+    return {"type": "array", "description": desc, "uniqueItems": True, "items": {"type": "string", "pattern": pattern}}
+
+
+POD_POLICY = {
+    "serviceAccountNames": names("ServiceAccounts runs may name in spec.resources.serviceAccountName."),
+    "secretNames": names("Secrets a podTemplate may use (env secretKeyRef, secret volumes)."),
+    "volumeTypes": {**names("Volume types beyond emptyDir, configMap, downwardAPI, projected, ephemeral and "
+                            "secret (hostPath and gitRepo never).", r"^[a-zA-Z]+$"),
+                    "not": {"contains": {"enum": ["hostPath", "gitRepo"]}}},
+    "envNames": names("Environment variable names (fnmatch patterns: * and ?) beyond the defaults.",
+                      r"^[A-Za-z0-9_*?]+$"),
+}
+
+
 SCHEMA = {
     "$schema": "http://json-schema.org/draft-07/schema#",
     "title": "cai-operator chart values",
@@ -88,6 +104,13 @@ SCHEMA = {
                       "cluster: a ClusterRole, bound cluster-wide (watchNamespaces empty) or in each watched "
                       "namespace. namespaced: a Role and RoleBinding per watched namespace (default: the "
                       "release namespace) and nothing cluster-wide."},
+            "userRoles": obj("ClusterRoles for the people who use the operator.", {
+                "create": {"type": "boolean", "description":
+                           "Create <fullname>-run-author (write runs and Constitutions) and <fullname>-run-viewer "
+                           "(read them). Rendered with rbac.scope=cluster only."},
+                "aggregate": {"type": "boolean", "description":
+                              "Aggregate them into the built-in edit/admin and view ClusterRoles."},
+            }),
         }),
         "watchNamespaces": {"type": "array", "uniqueItems": True, "maxItems": 100, "description":
                             "Namespaces the operator serves. Empty: all namespaces (rbac.scope=cluster) or the "
@@ -115,6 +138,29 @@ SCHEMA = {
             "jobTTLSeconds": {"type": "integer", "minimum": 0, "description":
                               "Seconds a finished stage Job (its pods and logs) is kept before Kubernetes "
                               "deletes it (ttlSecondsAfterFinished)."},
+            "activeDeadlineSeconds": {"type": "integer", "minimum": 0, "description":
+                                      "Deadline of each stage Job when a run sets no "
+                                      "spec.resources.activeDeadlineSeconds; 0: none."},
+            "podStartTimeoutSeconds": {"type": "integer", "minimum": 1, "description":
+                                       "A stage whose pods have not started this long after its Job did gets "
+                                       "the PodsNotStarted condition, saying why."},
+            "serviceAccount": obj("The ServiceAccount of stage pods whose run names none.", {
+                "name": s("Its name; empty: the namespace's default ServiceAccount, without its token. Always "
+                          "allowed by the pod policy.", pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$",
+                          maxLength=253),
+                "create": {"type": "boolean", "description":
+                           "Create it (no RBAC, token not mounted) in each of watchNamespaces."},
+                "annotations": string_map("Annotations, e.g. eks.amazonaws.com/role-arn for IRSA."),
+            }),
+            "podPolicy": obj("What runs may set in their stage pods beyond the defaults "
+                             "(docs/operator.md#pod-policy).", {
+                **POD_POLICY,
+                "namespaces": {"type": "object", "description":
+                               "Per-namespace additions: {namespace: {serviceAccountNames, secretNames, "
+                               "volumeTypes, envNames}}.",
+                               "propertyNames": {"pattern": DNS_LABEL},
+                               "additionalProperties": obj("Additions in one namespace.", POD_POLICY)},
+            }),
         }),
         "storage": obj("Default artifact storage (a run's spec.storage, then its namespace's cai-storage "
                        "ConfigMap, override it).", {

@@ -48,6 +48,13 @@ def render() -> str:
             lines += [f"- apiGroups: {_list([group])}", f"  resources: {_list(resources)}",
                       '  resourceNames: [{{ include "cai-operator.fullname" . }}]', f"  verbs: {_list(named)}"]
     lines.append("{{- end }}")
+    for name, rules in (("author", rbac.AUTHOR_RULES), ("viewer", rbac.VIEWER_RULES)):
+        lines += ["", f"{{{{/* ClusterRole of run {name}s (user-roles.yaml). */}}}}",
+                  f'{{{{- define "cai-operator.rules.{name}" -}}}}']
+        for group, resources, verbs, why in rules:
+            lines += [f"# {why}", f"- apiGroups: {_list([group])}", f"  resources: {_list(resources)}",
+                      f"  verbs: {_list(verbs)}"]
+        lines.append("{{- end }}")
     return "\n".join(lines) + "\n"
 
 

@@ -27,14 +27,14 @@
 - apiGroups: [""]
   resources: [services]
   verbs: [create]
-# termination messages of a failed stage's pods (label batch.kubernetes.io/job-name)
+# termination messages of a failed stage's pods, and why pods that have not started wait (label batch.kubernetes.io/job-name)
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
-# events on runs (Created Job, stage failed, Succeeded, ...)
+# events on runs (Created Job, stage failed, Succeeded, ...); the Job controller's FailedCreate events of a stage Job without pods (field selector on the Job)
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
 {{- end }}
 
 {{/* Leader election, in the release namespace, on the release's own Lease. */}}
@@ -47,4 +47,20 @@
   resources: [leases]
   resourceNames: [{{ include "cai-operator.fullname" . }}]
   verbs: [get, update]
+{{- end }}
+
+{{/* ClusterRole of run authors (user-roles.yaml). */}}
+{{- define "cai-operator.rules.author" -}}
+# write Constitutions and runs (aggregated to edit and admin)
+- apiGroups: [cai.dev]
+  resources: [constitutions, critiqueruns, preferencemodels, rlaifruns]
+  verbs: [get, list, watch, create, update, patch, delete, deletecollection]
+{{- end }}
+
+{{/* ClusterRole of run viewers (user-roles.yaml). */}}
+{{- define "cai-operator.rules.viewer" -}}
+# read Constitutions and runs with their status (aggregated to view)
+- apiGroups: [cai.dev]
+  resources: [constitutions, critiqueruns, preferencemodels, rlaifruns]
+  verbs: [get, list, watch]
 {{- end }}

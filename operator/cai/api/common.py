@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from .base import MAX_NAME, MAX_SHORT_TEXT, ApiModel, Rule
+from .references import MODEL, RefersTo
 
+CONDITIONS_LIST: dict[str, Any] = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 
-Backend = Literal["auto", "transformers", "vllm", "openai"]
+# Which generation backend runs a model (`cai.models.backends`; its `Backend` is the interface they share).
+BackendKind = Literal["auto", "transformers", "vllm", "openai"]
 
 # Shared by every spec with a `backend` and an `endpoint` (generation, labelling).
 OPENAI_NEEDS_ENDPOINT = Rule(
@@ -26,7 +29,9 @@ OPENAI_NEEDS_ENDPOINT = Rule(
 class ObjectRef(ApiModel):
     """A reference to another object of the same namespace, by name."""
 
-    name: str = Field(description="Name of the referenced object.", max_length=MAX_NAME, pattern=DNS_SUBDOMAIN)
+    name: str = Field(
+        description="Name of the referenced object.", max_length=MAX_NAME, pattern=DNS_SUBDOMAIN
+    )
 
 
 class PromptSource(ApiModel):
@@ -40,7 +45,9 @@ class PromptSource(ApiModel):
         max_length=MAX_SHORT_TEXT,
         min_length=1,
     )
-    limit: int | None = Field(None, description="Use at most this many prompts (first N after filtering).", ge=1)
+    limit: int | None = Field(
+        None, description="Use at most this many prompts (first N after filtering).", ge=1
+    )
     split: str | None = Field(
         None,
         description="Split to read (builtin sets: train or test; hf: datasets split name). Default: train.",
@@ -51,15 +58,18 @@ class PromptSource(ApiModel):
 class HelpfulPromptSource(PromptSource):
     """Helpfulness prompts whose sampled answers are mixed into the SL training data."""
 
-    samples_per_prompt: int = Field(2, description="Responses sampled per helpfulness prompt (paper: 2).", ge=1, le=16)
+    samples_per_prompt: int = Field(
+        2, description="Responses sampled per helpfulness prompt (paper: 2).", ge=1, le=16
+    )
 
 
 class GenerationSpec(ApiModel):
     """How text is sampled from a model."""
 
-    backend: Backend = Field(
+    backend: BackendKind = Field(
         "auto",
-        description="Generation backend: auto (vLLM on GPU, else transformers), transformers, vllm or openai.",
+        description="Generation backend: auto (vLLM on GPU, else transformers), "
+                    "transformers, vllm or openai.",
     )
     endpoint: str | None = Field(
         None,
@@ -93,7 +103,9 @@ class TrainingSpec(ApiModel):
     epochs: float = Field(1.0, description="Passes over the training data (paper: 1).", gt=0, le=100)
     learning_rate: float = Field(2e-5, description="Peak learning rate.", gt=0, le=1)
     batch_size: int = Field(8, description="Per-device batch size.", ge=1, le=4096)
-    gradient_accumulation_steps: int = Field(1, description="Micro-batches per optimizer step.", ge=1, le=1024)
+    gradient_accumulation_steps: int = Field(
+        1, description="Micro-batches per optimizer step.", ge=1, le=1024
+    )
     max_length: int = Field(1024, description="Maximum tokens of a training sequence.", ge=16, le=131072)
     lora: LoraSpec | None = Field(None, description="Train LoRA adapters instead of all weights.")
     deepspeed: str | None = Field(
@@ -132,18 +144,28 @@ class ResourcesSpec(ApiModel):
         ge=1,
         le=64,
     )
-    cpu: str | None = Field(None, description="CPU request and limit per pod (quantity).", pattern=QUANTITY, max_length=32)
-    memory: str | None = Field(None, description="Memory request and limit per pod (quantity).", pattern=QUANTITY, max_length=32)
+    cpu: str | None = Field(
+        None, description="CPU request and limit per pod (quantity).", pattern=QUANTITY, max_length=32
+    )
+    memory: str | None = Field(
+        None, description="Memory request and limit per pod (quantity).", pattern=QUANTITY, max_length=32
+    )
     node_selector: dict[str, str] | None = Field(None, description="Node labels the pods must match.")
     tolerations: list[Toleration] | None = Field(None, description="Tolerations of the pods.", max_length=64)
-    priority_class_name: str | None = Field(None, description="PriorityClass of the pods.", max_length=MAX_NAME)
+    priority_class_name: str | None = Field(
+        None, description="PriorityClass of the pods.", max_length=MAX_NAME
+    )
     queue_name: str | None = Field(
         None,
         description="Kueue LocalQueue: Jobs get kueue.x-k8s.io/queue-name and are created suspended.",
         max_length=MAX_NAME,
     )
-    service_account_name: str | None = Field(None, description="ServiceAccount of the pods.", max_length=MAX_NAME)
-    backoff_limit: int = Field(2, description="Retries of a failed stage pod before the stage fails.", ge=0, le=100)
+    service_account_name: str | None = Field(
+        None, description="ServiceAccount of the pods.", max_length=MAX_NAME
+    )
+    backoff_limit: int = Field(
+        2, description="Retries of a failed stage pod before the stage fails.", ge=0, le=100
+    )
     active_deadline_seconds: int | None = Field(None, description="Deadline of each stage Job.", ge=1)
     pod_template: dict[str, Any] | None = Field(
         None,
@@ -160,18 +182,26 @@ class StorageSpec(ApiModel):
         max_length=MAX_SHORT_TEXT,
         pattern=r"^(s3|file)://.+",
     )
-    endpoint: str | None = Field(None, description="S3 endpoint URL (MinIO, Ceph, ...).", max_length=MAX_SHORT_TEXT)
+    endpoint: str | None = Field(
+        None, description="S3 endpoint URL (MinIO, Ceph, ...).", max_length=MAX_SHORT_TEXT
+    )
     secret_ref: ObjectRef | None = Field(
         None,
-        description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, passed to pods via secretKeyRef.",
+        description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                    "passed to pods via secretKeyRef.",
     )
 
 
 class PolicySpec(ApiModel):
     """The policy model: a CritiqueRun's fine-tuned model, or a model reference."""
 
-    critique_run_ref: ObjectRef | None = Field(None, description="Use this CritiqueRun's fine-tuned model.")
-    model: str | None = Field(None, description="A model reference (builtin:, hf:, s3://, file://, path).", max_length=MAX_SHORT_TEXT)
+    critique_run_ref: Annotated[ObjectRef | None, RefersTo("CritiqueRun")] = Field(
+        None, description="Use this CritiqueRun's fine-tuned model.")
+    model: Annotated[str | None, MODEL] = Field(
+        None,
+        description="A model reference (builtin:, hf:, s3://, file://, path).",
+        max_length=MAX_SHORT_TEXT,
+    )
 
     rules = (
         Rule(
@@ -200,11 +230,19 @@ class Condition(ApiModel):
     observed_generation: int | None = Field(None, description="metadata.generation this condition is about.")
 
 
+class ObjectStatus(ApiModel):
+    # The fields every kind's status starts with (a base without a docstring: the CRDs stay as they are).
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST)
+
+
 class StageStatus(ApiModel):
     """Progress of one stage."""
 
     name: str = Field(description="Stage name, e.g. finetune.", max_length=64)
-    job_name: str | None = Field(None, description="The Job running it (operator) or null (local).", max_length=63)
+    job_name: str | None = Field(
+        None, description="The Job running it (operator) or null (local).", max_length=63
+    )
     start_time: str | None = Field(None, description="When it started.")
     completion_time: str | None = Field(None, description="When it finished successfully.")
     attempts: int = Field(0, description="Times it was started.", ge=0)

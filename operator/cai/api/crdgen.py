@@ -58,7 +58,9 @@ def _convert(node: Any, defs: dict[str, Any], classes: dict[str, type[ApiModel]]
         rules = _validations(classes[name]) if name in classes else []
         if rules:
             target["x-kubernetes-validations"] = rules
-        target.update({k: _convert(v, defs, classes) for k, v in node.items()})  # description/default beside a $ref
+        target.update(
+            {k: _convert(v, defs, classes) for k, v in node.items()}
+        )  # description/default beside a $ref
         node = target
     if "anyOf" in node:  # Optional[X] -> X; the field simply may be absent
         options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
@@ -123,7 +125,7 @@ def openapi_schema(cls: type[ApiModel]) -> dict[str, Any]:
     """Structural OpenAPI v3 schema of `cls` (camelCase names, descriptions, defaults, CEL rules)."""
     raw = cls.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
-    schema = _convert(raw, defs, _models_by_name(cls))
+    schema: dict[str, Any] = _convert(raw, defs, _models_by_name(cls))
     _add_factory_defaults(schema, cls)
     rules = _validations(cls)
     if rules:
@@ -141,10 +143,14 @@ def immutability_rule(spec_cls: type[ApiModel]) -> dict[str, str]:
         if always_present:
             parts.append(f"self.{alias} == oldSelf.{alias}")
         else:
-            parts.append(f"has(self.{alias}) == has(oldSelf.{alias}) && (!has(self.{alias}) || self.{alias} == oldSelf.{alias})")
+            parts.append(
+                f"has(self.{alias}) == has(oldSelf.{alias})"
+                f" && (!has(self.{alias}) || self.{alias} == oldSelf.{alias})"
+            )
     return {
         "rule": " && ".join(f"({p})" for p in parts),
-        "message": f"spec is immutable once the run is created; only {', '.join('spec.' + e for e in IMMUTABLE_EXCEPT)} may change",
+        "message": "spec is immutable once the run is created; only "
+        f"{', '.join('spec.' + e for e in IMMUTABLE_EXCEPT)} may change",
     }
 
 
@@ -156,14 +162,26 @@ def crd_for(info: KindInfo) -> dict[str, Any]:
     status_schema = openapi_schema(info.status)
     status_schema["description"] = f"Observed state of the {info.kind}, written by the operator."
     columns = [
-        {k: v for k, v in {"name": c.name, "type": c.type, "jsonPath": c.json_path, "description": c.description or None,
-                           "priority": c.priority or None}.items() if v is not None}
+        {
+            k: v
+            for k, v in {
+                "name": c.name,
+                "type": c.type,
+                "jsonPath": c.json_path,
+                "description": c.description or None,
+                "priority": c.priority or None,
+            }.items()
+            if v is not None
+        }
         for c in info.columns
     ]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{info.plural}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "cai-operator"}},
+        "metadata": {
+            "name": f"{info.plural}.{GROUP}",
+            "labels": {"app.kubernetes.io/part-of": "cai-operator"},
+        },
         "spec": {
             "group": GROUP,
             "names": {
@@ -227,7 +245,9 @@ def write(out_dir: Path) -> list[Path]:
 def stale(out_dir: Path) -> list[str]:
     """Names of CRD files in `out_dir` that are missing, different, or no longer generated."""
     expected = render_all()
-    problems = [n for n, t in expected.items() if not (out_dir / n).exists() or (out_dir / n).read_text() != t]
+    problems = [
+        n for n, t in expected.items() if not (out_dir / n).exists() or (out_dir / n).read_text() != t
+    ]
     if out_dir.exists():
         problems += [p.name for p in out_dir.glob(f"{GROUP}_*.yaml") if p.name not in expected]
     return sorted(problems)

@@ -10,13 +10,16 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, cast
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+from typing_extensions import TypeVar
 
 from .base import API_VERSION, ApiModel, nested_model
-from .kinds import KINDS, KindInfo
+from .common import ObjectStatus
+from .kinds import KINDS, KindInfo, RunCommon, RunStatus
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -41,15 +44,25 @@ class ManifestError(Exception):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+SpecT_co = TypeVar("SpecT_co", bound=ApiModel, default=ApiModel, covariant=True)
+StatusT_co = TypeVar("StatusT_co", bound=ObjectStatus, default=ObjectStatus, covariant=True)
+S = TypeVar("S", bound=ApiModel)
+T = TypeVar("T", bound=ObjectStatus)
+
+
 @dataclass
-class Resource:
-    """A parsed custom resource: identity, typed spec and (optionally) typed status."""
+class Resource(Generic[SpecT_co, StatusT_co]):
+    """A parsed custom resource: identity, typed spec and (optionally) typed status.
+
+    `Resource[CritiqueRunSpec, CritiqueRunStatus]` when the kind is known; a plain `Resource` holds
+    some kind's types (`info.spec`, `info.status`) and code narrows with isinstance.
+    """
 
     kind: str
     name: str
     namespace: str
-    spec: Any  # the kind's spec model
-    status: Any = None
+    spec: SpecT_co  # an instance of info.spec
+    status: StatusT_co | None = None  # an instance of info.status, once known
     uid: str = "local"
     generation: int = 1
     source: str = "-"  # file it came from
@@ -58,6 +71,12 @@ class Resource:
     @property
     def info(self) -> KindInfo:
         return KINDS[self.kind]
+
+    def typed(self, spec: type[S], status: type[T]) -> Resource[S, T]:
+        """This resource as `Resource[S, T]`, checked: TypeError when it holds other types."""
+        if not isinstance(self.spec, spec) or not (self.status is None or isinstance(self.status, status)):
+            raise TypeError(f"{self.display} does not hold a {spec.__name__} and a {status.__name__}")
+        return cast("Resource[S, T]", self)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -77,6 +96,9 @@ class Resource:
         if self.status is not None:
             doc["status"] = self.status.to_wire()
         return doc
+
+
+RunResource = Resource[RunCommon, RunStatus]  # any run kind (CritiqueRun, PreferenceModel, RLAIFRun)
 
 
 def iter_manifest_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -114,7 +136,9 @@ def load_documents(paths: Iterable[str | Path]) -> tuple[list[tuple[str, dict[st
             if doc is None:
                 continue
             if not isinstance(doc, dict):
-                problems.append(Problem(name, "-", "", "expected a mapping (a Kubernetes object) at the top level"))
+                problems.append(
+                    Problem(name, "-", "", "expected a mapping (a Kubernetes object) at the top level")
+                )
                 continue
             api = str(doc.get("apiVersion", ""))
             if api.split("/")[0] != "cai.dev":
@@ -133,10 +157,12 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _expected(err: dict[str, Any], model: type[ApiModel] | None) -> str:
+def _expected(err: ErrorDetails, model: type[ApiModel] | None) -> str:
     kind, ctx = err["type"], err.get("ctx") or {}
     if kind == "extra_forbidden":
-        return "unknown field" + (f" (expected one of: {', '.join(_fields_at(model, err['loc'][:-1]))})" if model else "")
+        return "unknown field" + (
+            f" (expected one of: {', '.join(_fields_at(model, err['loc'][:-1]))})" if model else ""
+        )
     if kind == "missing":
         return "required field is missing"
     if kind in ("int_type", "int_parsing", "int_from_float"):
@@ -154,7 +180,9 @@ def _expected(err: dict[str, Any], model: type[ApiModel] | None) -> str:
     if kind == "literal_error":
         return f"expected one of {ctx.get('expected')}, got {err.get('input')!r}"
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
+        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[
+            kind
+        ]
         bound = next(iter(ctx.values()))
         return f"expected a value {op} {bound}, got {err.get('input')!r}"
     if kind == "too_short":
@@ -167,7 +195,7 @@ def _expected(err: dict[str, Any], model: type[ApiModel] | None) -> str:
         return f"expected at most {ctx.get('max_length')} characters"
     if kind == "string_pattern_mismatch":
         return f"expected a string matching {ctx.get('pattern')}, got {err.get('input')!r}"
-    return err["msg"]
+    return str(err["msg"])
 
 
 def _fields_at(model: type[ApiModel] | None, loc: tuple[Any, ...]) -> list[str]:
@@ -187,7 +215,9 @@ def _fields_at(model: type[ApiModel] | None, loc: tuple[Any, ...]) -> list[str]:
     return sorted(f.alias or n for n, f in fields.items())
 
 
-def validation_problems(exc: ValidationError, model: type[ApiModel], file: str, obj: str, prefix: str) -> list[Problem]:
+def validation_problems(
+    exc: ValidationError, model: type[ApiModel], file: str, obj: str, prefix: str
+) -> list[Problem]:
     problems = []
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
@@ -195,7 +225,9 @@ def validation_problems(exc: ValidationError, model: type[ApiModel], file: str, 
     return problems
 
 
-def parse_resource(doc: dict[str, Any], file: str = "-", with_status: bool = False) -> tuple[Resource | None, list[Problem]]:
+def parse_resource(
+    doc: dict[str, Any], file: str = "-", with_status: bool = False
+) -> tuple[Resource | None, list[Problem]]:
     """One manifest document → typed Resource (None if it cannot be built) and its problems."""
     kind = doc.get("kind")
     meta = doc.get("metadata") or {}
@@ -203,17 +235,26 @@ def parse_resource(doc: dict[str, Any], file: str = "-", with_status: bool = Fal
     obj = f"{kind or '?'}/{name or '?'}"
     problems: list[Problem] = []
     if doc.get("apiVersion") != API_VERSION:
-        problems.append(Problem(file, obj, "apiVersion", f"expected {API_VERSION}, got {doc.get('apiVersion')!r}"))
+        problems.append(
+            Problem(file, obj, "apiVersion", f"expected {API_VERSION}, got {doc.get('apiVersion')!r}")
+        )
     if kind not in KINDS:
         problems.append(Problem(file, obj, "kind", f"expected one of {', '.join(KINDS)}, got {kind!r}"))
         return None, problems
     if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > 63:
         problems.append(
-            Problem(file, obj, "metadata.name", "expected a DNS-1123 label (lowercase letters, digits, '-', at most 63 characters)")
+            Problem(
+                file,
+                obj,
+                "metadata.name",
+                "expected a DNS-1123 label (lowercase letters, digits, '-', at most 63 characters)",
+            )
         )
     unknown_top = set(doc) - {"apiVersion", "kind", "metadata", "spec", "status"}
     for key in sorted(unknown_top):
-        problems.append(Problem(file, obj, key, "unknown field (expected apiVersion, kind, metadata, spec, status)"))
+        problems.append(
+            Problem(file, obj, key, "unknown field (expected apiVersion, kind, metadata, spec, status)")
+        )
     info = KINDS[kind]
     spec_doc = doc.get("spec")
     if not isinstance(spec_doc, dict):
@@ -231,8 +272,11 @@ def parse_resource(doc: dict[str, Any], file: str = "-", with_status: bool = Fal
             status = info.status.model_validate(doc["status"], by_name=False)
         except ValidationError as e:
             problems.extend(validation_problems(e, info.status, file, obj, "status"))
-    if any(p.path.startswith(("apiVersion", "metadata", "status")) or p.path in unknown_top for p in problems):
+    if any(
+        p.path.startswith(("apiVersion", "metadata", "status")) or p.path in unknown_top for p in problems
+    ):
         return None, problems
+    assert isinstance(name, str)  # a bad name is a metadata problem, returned above
     # Rule violations still yield the resource, so callers can check its references and sources too.
     return (
         Resource(
@@ -260,13 +304,16 @@ def rule_violations(model: ApiModel, path: str) -> list[tuple[str, str]]:
         value = getattr(model, name)
         sub = f"{path}.{info.alias or name}"
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        keys = extra.get("x-kubernetes-list-map-keys")
-        if keys and isinstance(value, list):
+        map_keys = extra.get("x-kubernetes-list-map-keys")
+        if isinstance(map_keys, list) and map_keys and isinstance(value, list):
+            keys = [str(k) for k in map_keys]
             seen: set[tuple[Any, ...]] = set()
             for i, item in enumerate(value):
                 key = tuple(getattr(item, k) for k in keys)
                 if key in seen:
-                    out.append((f"{sub}[{i}].{keys[0]}", f"expected unique {'/'.join(keys)}; {key[0]!r} repeats"))
+                    out.append(
+                        (f"{sub}[{i}].{keys[0]}", f"expected unique {'/'.join(keys)}; {key[0]!r} repeats")
+                    )
                 seen.add(key)
         items = value if isinstance(value, list) else [value]
         for i, item in enumerate(items):

@@ -2,7 +2,7 @@
 
 `sampling` draws principles reproducibly (a draw depends only on the seed and the row's identity,
 never on batching or on which rows ran before, so resumed runs draw the same principles).
-`critique` renders the SL critique→revision conversations; `feedback` the RL multiple-choice prompts.
+`critique` renders the SL critique→revision conversations (the RL prompts live in `cai.feedback`).
 """
 
 from .sampling import draw, draw_many, stable_seed

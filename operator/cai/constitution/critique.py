@@ -34,13 +34,19 @@ def few_shot_turns(const: ConstitutionSpec, n: int | None, seed: int) -> Convers
     return turns
 
 
-def critique_conversation(prefix: Conversation, prompt: str, response: str, principle: CritiqueRevisionPrinciple) -> Conversation:
+def critique_conversation(
+    prefix: Conversation, prompt: str, response: str, principle: CritiqueRevisionPrinciple
+) -> Conversation:
     return [*prefix, _turn("user", prompt), _turn("assistant", response), _turn("user", principle.critique)]
 
 
-def revision_conversation(critique_conv: Conversation, critique: str, principle: CritiqueRevisionPrinciple) -> Conversation:
+def revision_conversation(
+    critique_conv: Conversation, critique: str, principle: CritiqueRevisionPrinciple
+) -> Conversation:
     return [*critique_conv, _turn("assistant", critique), _turn("user", principle.revision)]
 
 
-def round_principle(const: ConstitutionSpec, seed: int, prompt_id: str, round_index: int) -> CritiqueRevisionPrinciple:
+def round_principle(
+    const: ConstitutionSpec, seed: int, prompt_id: str, round_index: int
+) -> CritiqueRevisionPrinciple:
     return draw(const.critique_revision_principles, seed, "critique", prompt_id, round_index)

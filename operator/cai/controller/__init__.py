@@ -1,6 +1,6 @@
 """The Kubernetes operator (`cai operator`): kopf handlers → pure reconcile → pure builders → kube I/O.
 
-Where it sits (DESIGN §2, §6):
+Where it sits (docs/design.md#the-operator):
 
 * `handlers`   kopf registrations, a few lines each: keep indexes of the four kinds and of the stage Jobs,
                and put the affected run on the work queue.

@@ -12,7 +12,8 @@ from typing import Any
 
 from ..api.base import API_VERSION
 from ..api.kinds import STAGES
-from ..api.manifest import Resource
+from ..api.manifest import Resource, RunResource
+from ..pipeline.podpolicy import STAGE_CONTAINER, force_restricted
 from .config import OperatorConfig
 from .merge import strategic_merge
 from .observed import (
@@ -27,7 +28,7 @@ from .observed import (
 
 SPEC_DIR = "/etc/cai"
 SPEC_FILE = f"{SPEC_DIR}/spec.json"
-CONTAINER = "stage"
+CONTAINER = STAGE_CONTAINER
 JOB_NAME_MAX = 60  # 63 minus "-NN": Indexed Job pods are named/hostnamed <job>-<index>
 GPU_RESOURCE = "nvidia.com/gpu"
 RUN_AS_USER = 65532  # the USER of images/trainer*.Dockerfile (and the operator image)
@@ -84,12 +85,12 @@ def build_configmap(res: Resource, plan: FrozenPlan) -> dict[str, Any]:
             "data": plan.configmap_data()}
 
 
-def distributed(res: Resource, stage: str) -> bool:
+def distributed(res: RunResource, stage: str) -> bool:
     """Whether this stage runs as an Indexed Job over several pods (training stages with nodes > 1)."""
     return STAGES[stage][1].trains and res.spec.resources.nodes > 1
 
 
-def build_service(res: Resource, stage: str) -> dict[str, Any]:
+def build_service(res: RunResource, stage: str) -> dict[str, Any]:
     """Headless Service giving the pods of a distributed stage stable DNS names (<job>-<i>.<svc>)."""
     job = job_name(res.name, stage)
     return {
@@ -113,11 +114,13 @@ def _storage_env(storage: Storage) -> list[dict[str, Any]]:
     if storage.secret_name:
         # Credentials reach the pod only by reference: the operator never reads the Secret.
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": storage.secret_name, "key": key}}})
+            env.append(
+                {"name": key, "valueFrom": {"secretKeyRef": {"name": storage.secret_name, "key": key}}}
+            )
     return env
 
 
-def _resources(res: Resource, config: OperatorConfig) -> dict[str, Any]:
+def _resources(res: RunResource, config: OperatorConfig) -> dict[str, Any]:
     r = res.spec.resources
     values: dict[str, str] = {}
     cpu, memory = r.cpu or config.default_cpu, r.memory or config.default_memory
@@ -130,7 +133,7 @@ def _resources(res: Resource, config: OperatorConfig) -> dict[str, Any]:
     return {"requests": dict(values), "limits": dict(values)} if values else {}
 
 
-def stage_command(res: Resource, stage: str, config: OperatorConfig) -> list[str]:
+def stage_command(res: RunResource, stage: str, config: OperatorConfig) -> list[str]:
     command = ["cai", "stage", stage, "--spec", SPEC_FILE]
     if not distributed(res, stage):
         return command
@@ -140,7 +143,9 @@ def stage_command(res: Resource, stage: str, config: OperatorConfig) -> list[str
             "--master-port=$(MASTER_PORT)", "-m", *command]
 
 
-def build_job(res: Resource, stage: str, plan: FrozenPlan, config: OperatorConfig, suspend: bool = False) -> dict[str, Any]:
+def build_job(
+    res: RunResource, stage: str, plan: FrozenPlan, config: OperatorConfig, suspend: bool = False
+) -> dict[str, Any]:
     """The Job of one stage: `cai stage <stage> --spec /etc/cai/spec.json`, spec from the run's ConfigMap."""
     r = res.spec.resources
     name = job_name(res.name, stage)
@@ -165,12 +170,15 @@ def build_job(res: Resource, stage: str, plan: FrozenPlan, config: OperatorConfi
         "imagePullPolicy": config.image_pull_policy,
         "command": stage_command(res, stage, config),
         "env": env,
-        "volumeMounts": [{"name": "stage-spec", "mountPath": SPEC_DIR, "readOnly": True}],
+        # The root filesystem is read-only: /tmp (the trainer images' HOME and caches) is the pod's own.
+        "volumeMounts": [{"name": "stage-spec", "mountPath": SPEC_DIR, "readOnly": True},
+                         {"name": "tmp", "mountPath": "/tmp"}],
         "terminationMessagePath": "/dev/termination-log",
         # Stages write a one-line reason there; if they die before that, the log tail is used instead.
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
             "runAsNonRoot": True,
             "seccompProfile": {"type": "RuntimeDefault"},
@@ -182,7 +190,7 @@ def build_job(res: Resource, stage: str, plan: FrozenPlan, config: OperatorConfi
     volumes: list[dict[str, Any]] = [{
         "name": "stage-spec",
         "configMap": {"name": configmap_name(res), "items": [{"key": f"{stage}.json", "path": "spec.json"}]},
-    }]
+    }, {"name": "tmp", "emptyDir": {}}]
     if gpus or multi:
         # PyTorch data loaders and NCCL use /dev/shm; the container default (64 MiB) is too small.
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
@@ -209,15 +217,18 @@ def build_job(res: Resource, stage: str, plan: FrozenPlan, config: OperatorConfi
         pod_spec["tolerations"] = tolerations
     if r.priority_class_name:
         pod_spec["priorityClassName"] = r.priority_class_name
-    if r.service_account_name:
+    if r.service_account_name:  # allowed by the pod policy (checked by reconcile)
         pod_spec["serviceAccountName"] = r.service_account_name
     else:
+        if config.pod_policy.stage_service_account:
+            pod_spec["serviceAccountName"] = config.pod_policy.stage_service_account
         pod_spec["automountServiceAccountToken"] = False  # stages never call the Kubernetes API
     if multi:
         pod_spec["subdomain"] = service_name(name)
     template: dict[str, Any] = {"metadata": {"labels": dict(labels)}, "spec": pod_spec}
-    if r.pod_template:
+    if r.pod_template:  # checked against the pod policy by reconcile, then restricted again here
         template = strategic_merge(template, r.pod_template)
+        template["spec"] = force_restricted(template["spec"])
     job_spec: dict[str, Any] = {
         "backoffLimit": r.backoff_limit,
         "ttlSecondsAfterFinished": config.job_ttl_seconds,
@@ -225,8 +236,9 @@ def build_job(res: Resource, stage: str, plan: FrozenPlan, config: OperatorConfi
         "suspend": bool(r.queue_name) or suspend,
         "template": template,
     }
-    if r.active_deadline_seconds:
-        job_spec["activeDeadlineSeconds"] = r.active_deadline_seconds
+    deadline = r.active_deadline_seconds or config.default_active_deadline_seconds
+    if deadline:
+        job_spec["activeDeadlineSeconds"] = deadline
     if multi:
         job_spec.update(completionMode="Indexed", completions=r.nodes, parallelism=r.nodes)
     meta = _meta(res, name, stage, annotations={ANNOTATION_OUTPUT: plan.outputs[stage]})
@@ -249,4 +261,10 @@ def build_event(involved: dict[str, Any], type_: str, reason: str, message: str,
 
 
 def involved_object(res: Resource) -> dict[str, Any]:
-    return {"apiVersion": API_VERSION, "kind": res.kind, "name": res.name, "namespace": res.namespace, "uid": res.uid}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": res.kind,
+        "name": res.name,
+        "namespace": res.namespace,
+        "uid": res.uid,
+    }

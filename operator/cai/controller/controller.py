@@ -14,31 +14,37 @@ subresource, with a resourceVersion precondition: a reconcile that raced a newer
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..api.base import API_VERSION
 from ..api.common import now_rfc3339
 from ..api.kinds import KINDS
 from ..api.manifest import Resource, parse_resource
+from ..api.references import references
+from ..pipeline.runstate import is_terminal, state_word
 from . import metrics
 from .builders import build_event, configmap_name, involved_object
 from .config import OperatorConfig
 from .kube import ApiError, KubeClient
 from .leader import LeaderElector
 from .merge import merge_patch
-from .observed import MISSING, STORAGE_CONFIGMAP, FrozenPlan, JobObs, Need, Observed, Outcome
-from .reconcile import (
-    Context,
-    invalid_outcome,
-    is_terminal,
-    reconcile_constitution,
-    reconcile_run,
-    run_state,
-    spec_problems,
+from .observed import (
+    MISSING,
+    STORAGE_CONFIGMAP,
+    ArtifactObs,
+    FrozenPlan,
+    JobObs,
+    Need,
+    Observed,
+    Outcome,
+    Storage,
 )
+from .reconcile import Context, invalid_outcome, reconcile_constitution, reconcile_run, spec_problems
 from .workqueue import WorkQueue
 
 log = logging.getLogger("cai.controller")
@@ -107,7 +113,7 @@ class Controller:
         self.standalone = standalone
         self.elector: LeaderElector | None = None
         self._storage_cache: dict[str, tuple[float, Any]] = {}
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[Any]] = []
         self.ready = False
         self.started_at = time.monotonic()
 
@@ -128,7 +134,8 @@ class Controller:
             self.elector = LeaderElector(
                 self.kube, name=self.config.lease_name, namespace=self.config.lease_namespace,
                 identity=self.config.identity, duration=self.config.lease_duration_seconds,
-                renew_every=self.config.lease_renew_seconds, on_change=self._leadership_changed)
+                renew_every=self.config.lease_renew_seconds,
+                renew_deadline=self.config.lease_renew_deadline_seconds, on_change=self._leadership_changed)
             self._tasks.append(loop.create_task(self.elector.run(), name="cai-leader-election"))
         if (self.config.storage_uri or "").startswith("s3://"):
             # s3fs/botocore take a second or more to import: do it now, not in the first reconcile
@@ -145,6 +152,11 @@ class Controller:
         self._tasks.clear()
         self.queue.close()
         await self.kube.close()
+
+    def check_acting(self) -> None:
+        """Before each write: a replica that lost the Lease during a reconcile writes nothing more."""
+        if not self.acting:
+            raise NotActing
 
     def _leadership_changed(self, leading: bool) -> None:
         metrics.LEADER.set(1 if leading else 0)
@@ -178,7 +190,7 @@ class Controller:
         store = index.get((namespace, name))
         return next(iter(store), None) if store else None
 
-    def lookup_in(self, namespace: str):
+    def lookup_in(self, namespace: str) -> Callable[[str, str], Resource | None]:
         def lookup(kind: str, name: str) -> Resource | None:
             doc = self.body((kind, namespace, name))
             if doc is None:
@@ -219,8 +231,12 @@ class Controller:
         for doc in self.resources():
             info = KINDS[doc["kind"]]
             status = doc.get("status") or {}
-            summary = next((c for c in status.get("conditions") or [] if c.get("type") == info.summary_condition), None)
-            state = run_state(info, (summary.get("status", ""), summary.get("reason", "")) if summary else None)
+            summary = next(
+                (c for c in status.get("conditions") or [] if c.get("type") == info.summary_condition), None
+            )
+            state = state_word(
+                info, (summary.get("status", ""), summary.get("reason", "")) if summary else None
+            )
             rows.append((doc["kind"], doc["metadata"]["namespace"], doc["metadata"]["name"], state,
                          dict(status.get("metrics") or {})))
         return rows
@@ -255,6 +271,8 @@ class Controller:
         started = time.perf_counter()
         try:
             result = await self.reconcile(doc)
+        except NotActing:  # leadership lost mid-reconcile: the new leader redoes it
+            result = "skipped"
         except ApiError as e:
             result = "error"
             delay = self.queue.add_rate_limited(key)
@@ -270,20 +288,27 @@ class Controller:
         key: Key = (doc["kind"], meta["namespace"], meta["name"])
         res, status, problems = parse(doc)
         if res is None:
-            outcome = invalid_outcome(info, status, int(meta.get("generation") or 1), problems or ["spec: cannot be read"])
+            outcome = invalid_outcome(
+                info, status, int(meta.get("generation") or 1), problems or ["spec: cannot be read"]
+            )
             return await self.apply(key, doc, None, outcome)
         if not info.is_run:
             return await self.apply(key, doc, res, reconcile_constitution(res, problems))
         ctx = Context(config=self.config, lookup=self.lookup_in(res.namespace))
         obs = Observed(now=time.time(), jobs=self.jobs_of(res.namespace, res.uid))
         if not is_terminal(info, status) and not obs.jobs and not status.stages:
-            obs.problems = list(dict.fromkeys(problems + spec_problems(res)))
+            obs.problems = list(dict.fromkeys(problems + spec_problems(res, self.config)))
         for _ in range(MAX_NEED_ROUNDS):
             decision = reconcile_run(res, obs, ctx)
             if isinstance(decision, Need):
                 await self.fetch(res, decision, obs)
                 continue
-            result = await self.apply(key, doc, res, decision)
+            try:
+                result = await self.apply(key, doc, res, decision)
+            except CreateRefused as e:
+                # Decide again knowing the refusal: the run's status then carries the apiserver's message.
+                obs.refused[e.name] = e.message
+                continue
             if result != "replan":
                 return result
             # Our ConfigMap was already there (an attempt that died before writing status): its plan is
@@ -297,11 +322,18 @@ class Controller:
             obs.storage_configmap = await self._storage_configmap(res.namespace)
         if need.plan:
             cm = await self.kube.get("v1", "ConfigMap", res.namespace, configmap_name(res))
-            obs.plan = FrozenPlan.from_configmap_data(cm.get("data") or {}) if cm and _owned_by(cm, res.uid) else MISSING
+            obs.plan = (
+                FrozenPlan.from_configmap_data(cm.get("data") or {})
+                if cm and _owned_by(cm, res.uid)
+                else MISSING
+            )
+        storage = obs.plan.storage if isinstance(obs.plan, FrozenPlan) else None
         for uri in need.manifests:
-            obs.manifests[uri] = await _read_manifest(uri)
+            obs.manifests[uri] = await asyncio.to_thread(read_artifact, uri, storage)
         for job in need.pod_messages:
             obs.pod_messages[job] = await self._pod_message(res.namespace, job)
+        for job in need.pods_pending:
+            obs.pods_pending[job] = await self._why_pending(res.namespace, job)
 
     async def _storage_configmap(self, namespace: str) -> Any:
         """The namespace's cai-storage data (MISSING if absent), shared by the runs that start together:
@@ -310,7 +342,7 @@ class Controller:
         now = time.monotonic()
         if cached is not None and now - cached[0] < STORAGE_CACHE_SECONDS:
             return await cached[1] if isinstance(cached[1], asyncio.Future) else cached[1]
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._storage_cache[namespace] = (now, future)
         try:
             cm = await self.kube.get("v1", "ConfigMap", namespace, STORAGE_CONFIGMAP)
@@ -330,13 +362,41 @@ class Controller:
         best: tuple[str, str] = ("", "")
         for pod in pods:
             for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-                term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+                term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get(
+                    "terminated"
+                )
                 if term and term.get("exitCode", 0) != 0:
                     finished = term.get("finishedAt") or ""
-                    text = (term.get("message") or "").strip() or f"exit code {term.get('exitCode')} ({term.get('reason', 'Error')})"
+                    text = (
+                        term.get("message") or ""
+                    ).strip() or f"exit code {term.get('exitCode')} ({term.get('reason', 'Error')})"
                     if finished >= best[0]:
                         best = (finished, f"{pod['metadata']['name']}: {text}")
         return best[1]
+
+    async def _why_pending(self, namespace: str, job: str) -> str:
+        """Why no pod of the Job runs: its pods' scheduling and container-waiting reasons, or, when it has
+        no pod at all, the Job controller's last FailedCreate event (quota, admission, ServiceAccount)."""
+        pods = await self.kube.list("v1", "Pod", namespace, f"batch.kubernetes.io/job-name={job}")
+        said: list[str] = []
+        for pod in pods:
+            status, name = pod.get("status") or {}, pod["metadata"]["name"]
+            for cond in status.get("conditions") or []:
+                if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                    said.append(f"{name}: {cond.get('reason', 'Unschedulable')}: {cond.get('message', '')}")
+            for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+                waiting = (cs.get("state") or {}).get("waiting")
+                if waiting:
+                    said.append(f"{name}: {waiting.get('reason', 'Waiting')}: {waiting.get('message', '')}")
+        if pods:
+            return "; ".join(dict.fromkeys(s.rstrip(": ") for s in said)) or "its pods are pending"
+        events = await self.kube.list("v1", "Event", namespace,
+                                      field_selector=f"involvedObject.kind=Job,involvedObject.name={job}")
+        failed = sorted((e for e in events if e.get("reason") == "FailedCreate"),
+                        key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+        if failed:
+            return f"no pod could be created: {failed[-1].get('message', '')}"
+        return f"no pod exists yet (kubectl -n {namespace} describe job {job})"
 
     # ---- applying an outcome
 
@@ -348,9 +408,14 @@ class Controller:
         created_events: list[tuple[str, str, str]] = []
         for obj in out.creates:
             kind, name = obj["kind"], obj["metadata"]["name"]
+            self.check_acting()
             try:
                 created, _ = await self.kube.create(obj)
             except ApiError as e:
+                if e.status == 403 and res is not None:
+                    # Quota, an admission webhook or RBAC: not a spec problem, and no retry soon fixes it.
+                    log.warning("%s %s/%s refused: %s", kind, namespace, name, e.message)
+                    raise CreateRefused(name, e.message or e.reason) from e
                 if e.status not in (400, 422) or res is None:
                     raise
                 # The apiserver refuses the child (e.g. a podTemplate that makes an invalid pod): a spec
@@ -361,18 +426,23 @@ class Controller:
             if created:
                 log.info("Created %s %s/%s", kind, namespace, name)
                 if kind == "Job":
-                    metrics.JOBS_CREATED.labels(kind=key[0], stage=obj["metadata"]["labels"]["cai.dev/stage"]).inc()
+                    metrics.JOBS_CREATED.labels(
+                        kind=key[0], stage=obj["metadata"]["labels"]["cai.dev/stage"]
+                    ).inc()
                     created_events.append(("Normal", "JobCreated", f"Created Job {name}"))
             elif kind in ("Job", "ConfigMap"):
                 existing = await self.kube.get(obj["apiVersion"], kind, namespace, name)
                 if existing is not None and not _owned_by(existing, meta["uid"]):
                     # An older run of the same name whose children are still being garbage-collected.
-                    log.info("%s %s/%s belongs to another object; waiting for it to go", kind, namespace, name)
+                    log.info(
+                        "%s %s/%s belongs to another object; waiting for it to go", kind, namespace, name
+                    )
                     self.queue.add_after(key, 5.0)
                     return "requeue"
                 if kind == "ConfigMap" and existing is not None and existing.get("data") != obj["data"]:
                     return "replan"
         for job, patch in out.job_patches:
+            self.check_acting()
             await self.kube.patch("batch/v1", "Job", namespace, job, patch)
             log.info("Patched Job %s/%s: %s", namespace, job, patch)
         new_status = out.status.to_wire()
@@ -380,7 +450,10 @@ class Controller:
         patch = merge_patch(old_status, new_status)
         result = "ok"
         if patch:
-            written = await self.kube.patch_status(key[0], namespace, meta["name"], meta["resourceVersion"], patch)
+            self.check_acting()
+            written = await self.kube.patch_status(
+                key[0], namespace, meta["name"], meta["resourceVersion"], patch
+            )
             if not written:
                 # Someone (our own previous write, usually) moved the object on: a newer event follows.
                 self.queue.add_after(key, 1.0)
@@ -401,21 +474,29 @@ class Controller:
 
     async def _event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
         log.info("%s/%s: %s %s: %s", involved["kind"], involved["name"], type_, reason, message)
-        await self.kube.post_event(build_event(involved, type_, reason, message, now_rfc3339(), self.config.identity))
+        await self.kube.post_event(
+            build_event(involved, type_, reason, message, now_rfc3339(), self.config.identity)
+        )
+
+
+class NotActing(Exception):
+    """This replica stopped leading while it reconciled."""
+
+
+class CreateRefused(Exception):
+    """The apiserver refused a child object with 403 (reconcile decides again, knowing it)."""
+
+    def __init__(self, name: str, message: str):
+        super().__init__(f"{name}: {message}")
+        self.name, self.message = name, message
 
 
 def raw_references(doc: Mapping[str, Any]) -> set[tuple[str, str]]:
     """(kind, name) a run's raw spec refers to (the fields `pipeline.plan.references` reads, unparsed)."""
-    spec = doc.get("spec") or {}
-    refs = set()
-    for field, kind in (("constitutionRef", "Constitution"), ("rewardModelRef", "PreferenceModel")):
-        name = (spec.get(field) or {}).get("name")
-        if name:
-            refs.add((kind, name))
-    name = ((spec.get("policy") or {}).get("critiqueRunRef") or {}).get("name")
-    if name:
-        refs.add(("CritiqueRun", name))
-    return refs
+    spec = doc.get("spec")
+    if not isinstance(spec, dict):
+        return set()
+    return {(kind, name) for kind, name, _ in references(KINDS[doc["kind"]].spec, spec)}
 
 
 def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
@@ -429,15 +510,37 @@ def _warm_store() -> None:
         pass
 
 
-async def _read_manifest(uri: str) -> dict[str, Any] | None:
-    """The stage's manifest (metrics), read with the operator's own store credentials; None if unreadable."""
-    from ..store import read_manifest
+def read_artifact(uri: str, storage: Storage | None) -> ArtifactObs:
+    """An artifact's manifest and its digest, read with the operator's own store credentials from the
+    endpoint of the run's storage (docs/operator.md#storage-resolution)."""
+    from ..store import MANIFEST, filesystem, join
+    from ..store.fs import s3_options
 
     try:
-        return await asyncio.to_thread(read_manifest, uri)
-    except Exception as e:  # noqa: BLE001 — metrics are a bonus: a missing or unreadable manifest never blocks a run
-        log.warning("could not read manifest of %s: %s: %s", uri, type(e).__name__, e)
-        return None
+        if uri.startswith("s3://") and storage is not None and (storage.endpoint or storage.region):
+            import fsspec
+
+            opts = s3_options()
+            client = {**opts.get("client_kwargs", {}),
+                      **({"endpoint_url": storage.endpoint} if storage.endpoint else {}),
+                      **({"region_name": storage.region} if storage.region else {})}
+            fs, path = fsspec.filesystem("s3", **{**opts, "client_kwargs": client}), join(uri, MANIFEST)[5:]
+        else:
+            fs, path = filesystem(join(uri, MANIFEST))
+        with fs.open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return ArtifactObs(None)
+    except Exception as e:  # noqa: BLE001 — credentials, network, permissions: reported, retried later
+        log.warning("could not read the manifest of %s: %s: %s", uri, type(e).__name__, e)
+        return ArtifactObs(None, error=f"{type(e).__name__}: {e}"[:500])
+    try:
+        manifest = json.loads(raw)
+    except ValueError:
+        manifest = None
+    # The digest store.manifest_digest computes: sha256 of the manifest's bytes. A manifest that is not a
+    # JSON object is there but matches no plan ({}).
+    return ArtifactObs(manifest if isinstance(manifest, dict) else {}, hashlib.sha256(raw).hexdigest())
 
 
 __all__ = ["Controller", "parse", "raw_references", "snapshot"]

@@ -1,8 +1,9 @@
 """kopf registrations: indexes of the four kinds and of stage Jobs, and events that queue a reconcile.
 
-Where it sits: the thin layer between kopf and `controller` (DESIGN §6). Every handler is a few lines:
-keep an index entry, or put the key of the affected object on the work queue. The work itself (parse →
-reconcile → apply → status) happens in `controller`, one key at a time, so an object is never reconciled
+Where it sits: the thin layer between kopf and `controller` (docs/design.md#the-operator). Every handler
+is a few lines: keep an index entry, or put the key of the affected object on the work queue. The work
+itself (parse → reconcile → apply → status) happens in `controller`, one key at a time, so an object is
+never reconciled
 twice concurrently even when its own event, a Job event and a dependency's change arrive together.
 
 Why `on.event` and indexes rather than `on.create/update` and timers: the reconcile is level-triggered
@@ -17,6 +18,7 @@ Runs with `kopf run -m cai.controller.handlers` too; `cai operator` (main.py) ad
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
@@ -36,7 +38,8 @@ def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo,
+                  logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
     config: OperatorConfig = memo.get("config") or OperatorConfig.from_env()
     settings.posting.level = logging.WARNING  # our own events say what happened; kopf's would repeat it
     settings.watching.server_timeout = 300  # re-establish watches every few minutes (proxies drop idle ones)
@@ -53,16 +56,23 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logg
     # (reconcile compares desired with actual itself), so skip that work: a third of the CPU per event.
     settings.persistence.diffbase_storage = _NoDiffBase()
     kube = KubeClient(login=_async_login(settings))
-    controller = Controller(config, kube, standalone=bool(memo.get("standalone")) or not config.leader_election)
+    controller = Controller(
+        config, kube, standalone=bool(memo.get("standalone")) or not config.leader_election
+    )
     memo["controller"] = controller
     install_state_collector(controller.state_snapshot)
     endpoints = Endpoints(controller.alive, controller.readiness)
     await endpoints.start(config.metrics_port, config.health_port)
     memo["endpoints"] = endpoints
     await controller.start()
-    logger.info("cai operator started (%s; images %s / %s)",
-                "standalone" if controller.standalone else f"leader election on Lease {config.lease_namespace}/{config.lease_name} as {config.identity}",
-                config.stage_image, config.stage_image_gpu)
+    logger.info(
+        "cai operator started (%s; images %s / %s)",
+        "standalone"
+        if controller.standalone
+        else f"leader election on Lease {config.lease_namespace}/{config.lease_name} as {config.identity}",
+        config.stage_image,
+        config.stage_image_gpu,
+    )
 
 
 @kopf.on.cleanup()
@@ -86,7 +96,7 @@ class _NoDiffBase(kopf.DiffBaseStorage):
         return None
 
 
-def _async_login(settings: kopf.OperatorSettings):
+def _async_login(settings: kopf.OperatorSettings) -> Callable[[], Awaitable[kopf.ConnectionInfo]]:
     async def login_async() -> kopf.ConnectionInfo:
         return login_sync(settings)
     return login_async
@@ -96,7 +106,7 @@ def _async_login(settings: kopf.OperatorSettings):
 
 # Handlers are coroutines: kopf runs plain functions in a thread pool, a hop per event for nothing here.
 async def _index_object(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(body.metadata.namespace, body.metadata.name): snapshot(body)}
+    return {(body.metadata.namespace or "", body.metadata.name or ""): snapshot(body)}
 
 
 for _info in KINDS.values():
@@ -114,7 +124,7 @@ async def stage_jobs_idx(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Job
 async def _on_object_event(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     controller: Controller = memo["controller"]
     controller.bind_indexes(kwargs)
-    controller.add((body["kind"], body.metadata.namespace, body.metadata.name))
+    controller.add((str(body["kind"]), body.metadata.namespace or "", body.metadata.name or ""))
 
 
 for _info in KINDS.values():
@@ -127,4 +137,4 @@ async def on_stage_job_event(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) ->
     controller.bind_indexes(kwargs)
     kind = body.metadata.labels.get(LABEL_KIND)
     if kind in KINDS:
-        controller.add((kind, body.metadata.namespace, body.metadata.labels[LABEL_RUN]))
+        controller.add((kind, body.metadata.namespace or "", body.metadata.labels[LABEL_RUN]))

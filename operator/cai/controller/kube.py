@@ -58,7 +58,9 @@ def login_sync(settings: kopf.OperatorSettings | None = None) -> kopf.Connection
     else:
         info = kopf.login_with_kubeconfig(settings=settings)
     if info is None:
-        raise kopf.LoginError("no credentials: not in a cluster and no kubeconfig (--kubeconfig or KUBECONFIG)")
+        raise kopf.LoginError(
+            "no credentials: not in a cluster and no kubeconfig (--kubeconfig or KUBECONFIG)"
+        )
     return info
 
 
@@ -74,7 +76,9 @@ def _kubeconfig_needs_plugin() -> bool:
     ctx_name = cfg.get("current-context")
     ctx = next((c.get("context") or {} for c in cfg.get("contexts") or [] if c.get("name") == ctx_name), {})
     user = next((u.get("user") or {} for u in cfg.get("users") or [] if u.get("name") == ctx.get("user")), {})
-    return "exec" in user or ("auth-provider" in user and not user["auth-provider"].get("config", {}).get("access-token"))
+    return "exec" in user or (
+        "auth-provider" in user and not user["auth-provider"].get("config", {}).get("access-token")
+    )
 
 
 # --------------------------------------------------------------------------------------- paths
@@ -133,8 +137,16 @@ class KubeClient:
             await self._session.close()
             self._session = None
 
-    async def request(self, method: str, path: str, body: Any = None, *, params: dict[str, str] | None = None,
-                      content_type: str = "application/json", ok: tuple[int, ...] = (200, 201)) -> tuple[int, Any]:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        params: dict[str, str] | None = None,
+        content_type: str = "application/json",
+        ok: tuple[int, ...] = (200, 201),
+    ) -> tuple[int, Any]:
         """(status, decoded body). Statuses in `ok`, 404 and 409 are returned; others raise ApiError."""
         data = None if body is None else json.dumps(body)
         for attempt in (1, 2):
@@ -168,7 +180,9 @@ class KubeClient:
     async def create(self, obj: dict[str, Any]) -> tuple[bool, dict[str, Any] | None]:
         """(True, created) or (False, None) when an object of that name already exists (409)."""
         meta = obj["metadata"]
-        status, body = await self.request("POST", collection_path(obj["apiVersion"], obj["kind"], meta["namespace"]), obj)
+        status, body = await self.request(
+            "POST", collection_path(obj["apiVersion"], obj["kind"], meta["namespace"]), obj
+        )
         if status == 409 and isinstance(body, dict) and body.get("reason") == "AlreadyExists":
             return False, None
         if status == 409 or status == 404:
@@ -181,7 +195,9 @@ class KubeClient:
         status, body = await self.request("GET", object_path(api_version, kind, namespace, name))
         return None if status == 404 else body
 
-    async def patch(self, api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> bool:
+    async def patch(
+        self, api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any]
+    ) -> bool:
         """JSON merge patch; False if the object is gone."""
         status, _ = await self.request("PATCH", object_path(api_version, kind, namespace, name), patch,
                                        content_type="application/merge-patch+json")
@@ -193,13 +209,20 @@ class KubeClient:
                            status_patch: dict[str, Any]) -> bool:
         """Merge-patch `.status` if the object is still at `resource_version`; False on conflict or 404."""
         body = {"metadata": {"resourceVersion": resource_version}, "status": status_patch}
-        code, _ = await self.request("PATCH", object_path(API_VERSION, kind, namespace, name) + "/status", body,
-                                     content_type="application/merge-patch+json")
+        code, _ = await self.request(
+            "PATCH",
+            object_path(API_VERSION, kind, namespace, name) + "/status",
+            body,
+            content_type="application/merge-patch+json",
+        )
         return code == 200
 
-    async def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
-        _, body = await self.request("GET", collection_path(api_version, kind, namespace),
-                                     params={"labelSelector": label_selector})
+    async def list(
+        self, api_version: str, kind: str, namespace: str, label_selector: str = "", field_selector: str = ""
+    ) -> list[dict[str, Any]]:
+        selectors = (("labelSelector", label_selector), ("fieldSelector", field_selector))
+        params = {k: v for k, v in selectors if v}
+        _, body = await self.request("GET", collection_path(api_version, kind, namespace), params=params)
         return list((body or {}).get("items") or [])
 
     async def post_event(self, event: dict[str, Any]) -> None:
@@ -212,5 +235,7 @@ class KubeClient:
     async def replace(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         """PUT (optimistic concurrency through metadata.resourceVersion); None on 409/404."""
         meta = obj["metadata"]
-        status, body = await self.request("PUT", object_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"]), obj)
+        status, body = await self.request(
+            "PUT", object_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"]), obj
+        )
         return None if status in (404, 409) else body

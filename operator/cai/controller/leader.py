@@ -6,8 +6,10 @@ decision (`decide`) is pure; the loop does the Lease GET/PUT through `kube`.
 
 Like client-go, followers judge expiry by their own clock: a Lease whose record has not changed for
 `leaseDurationSeconds` since they first saw it is free, so clocks need not agree. The identity is the
-pod name, so a container restarted in the same pod takes its Lease back at once. A leader that cannot
-renew for the lease duration steps down before anyone else may take over.
+pod name, so a container restarted in the same pod takes its Lease back at once. Like client-go's
+RenewDeadline, a leader that has not renewed within `renew_deadline` (shorter than the Lease) stops
+acting at once, even while its renew call still hangs: `leading` is checked against the last successful
+renew every time it is read, and each attempt is cut off at the deadline.
 """
 
 from __future__ import annotations
@@ -61,33 +63,43 @@ def decide(lease: dict[str, Any] | None, identity: str, duration: float, observe
 
 class LeaderElector:
     def __init__(self, kube: KubeClient, *, name: str, namespace: str, identity: str, duration: float = 15.0,
-                 renew_every: float = 2.0, on_change: Callable[[bool], None] | None = None):
+                 renew_every: float = 2.0, renew_deadline: float | None = None,
+                 on_change: Callable[[bool], None] | None = None):
         self.kube, self.name, self.namespace, self.identity = kube, name, namespace, identity
         self.duration, self.renew_every = duration, renew_every
+        self.renew_deadline = renew_deadline or duration * 2 / 3
         self.on_change = on_change or (lambda leading: None)
-        self.leading = False
-        self.last_attempt = time.monotonic()
+        self._leading = False
         self._renewed_at = 0.0
         self._seen: tuple[str, str] | None = None  # (resourceVersion, holder) of the record last read
         self._seen_since: float | None = None
 
+    @property
+    def leading(self) -> bool:
+        """Holding the Lease, renewed less than `renew_deadline` ago."""
+        return self._leading and time.monotonic() - self._renewed_at < self.renew_deadline
+
     def _set(self, leading: bool) -> None:
-        if leading != self.leading:
-            self.leading = leading
+        if leading != self._leading:
+            self._leading = leading
             log.info("%s leadership of Lease %s/%s (%s)", "acquired" if leading else "lost", self.namespace,
                      self.name, self.identity)
             self.on_change(leading)
 
     async def step(self) -> None:
         now = time.monotonic()
-        self.last_attempt = now
         lease = await self.kube.get("coordination.k8s.io/v1", "Lease", self.namespace, self.name)
         if lease is not None:
-            record = (lease["metadata"].get("resourceVersion", ""), (lease.get("spec") or {}).get("holderIdentity", ""))
+            record = (
+                lease["metadata"].get("resourceVersion", ""),
+                (lease.get("spec") or {}).get("holderIdentity", ""),
+            )
             if record != self._seen:
                 self._seen, self._seen_since = record, now
-        decision = decide(lease, self.identity, self.duration, self._seen_since, now, self.name, self.namespace)
-        if decision.action == "follow":
+        decision = decide(
+            lease, self.identity, self.duration, self._seen_since, now, self.name, self.namespace
+        )
+        if decision.action == "follow" or decision.lease is None:
             self._set(False)
             return
         if decision.action == "create":
@@ -101,18 +113,23 @@ class LeaderElector:
 
     async def run(self) -> None:
         while True:
+            # A leader's attempt may last until its renew deadline; a follower's one deadline.
+            left = self.renew_deadline - (time.monotonic() - self._renewed_at) if self._leading else 0.0
             try:
-                await self.step()
+                await asyncio.wait_for(self.step(), max(left, 0.0) or self.renew_deadline)
+            except TimeoutError:
+                log.warning("leader election: no answer from the API server in time")
             except (ApiError, OSError) as e:
                 log.warning("leader election: %s", e)
-                # Step down before the Lease can expire for the others.
-                if self.leading and time.monotonic() - self._renewed_at > self.duration * 0.66:
-                    self._set(False)
+            if self._leading and not self.leading:
+                log.warning("could not renew Lease %s/%s within %.1fs: stepping down", self.namespace,
+                            self.name, self.renew_deadline)
+                self._set(False)
             await asyncio.sleep(self.renew_every)
 
     async def release(self) -> None:
         """Give the Lease up on shutdown so the other replica takes over without waiting for expiry."""
-        if not self.leading:
+        if not self._leading:
             return
         self._set(False)
         try:

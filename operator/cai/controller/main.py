@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import sys
+from typing import Any
 
 import kopf
 
@@ -35,8 +36,10 @@ def run_operator(args: argparse.Namespace) -> int:
             return 2
         os.environ["KUBECONFIG"] = os.path.abspath(args.kubeconfig)
     try:
-        config = OperatorConfig.from_env(metrics_port=args.metrics_port, health_port=args.health_port,
-                                         **({"leader_election": False} if args.standalone else {}))
+        overrides: dict[str, Any] = {"metrics_port": args.metrics_port, "health_port": args.health_port}
+        if args.standalone:
+            overrides["leader_election"] = False
+        config = OperatorConfig.from_env(None, **overrides)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -57,6 +60,9 @@ def run_operator(args: argparse.Namespace) -> int:
     try:
         asyncio.run(kopf.operator(
             standalone=True,  # no kopf peering: the Lease decides who acts (see leader.py)
+            # Our own identity (the pod name): kopf's default asks getpass for a user name, which fails
+            # for a UID without a passwd entry, as the operator image's 65532.
+            identity=config.identity,  # type: ignore[arg-type]  # kopf.Identity: a NewType of str
             clusterwide=not namespaces,
             namespaces=list(namespaces),
             memo=memo,

@@ -60,7 +60,9 @@ def strategic_merge(base: dict[str, Any], patch: dict[str, Any], path: str = "")
         elif isinstance(value, list) and key in SET_LISTS and isinstance(out.get(key), list):
             out[key] = list(dict.fromkeys([*out[key], *value]))
         elif isinstance(value, list) and key in MERGE_KEYS:
-            out[key] = [copy.deepcopy(v) for v in value if not (isinstance(v, dict) and v.get("$patch") == "delete")]
+            out[key] = [
+                copy.deepcopy(v) for v in value if not (isinstance(v, dict) and v.get("$patch") == "delete")
+            ]
         else:
             out[key] = copy.deepcopy(value)
     return out

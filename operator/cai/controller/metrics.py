@@ -9,7 +9,7 @@ so they are right after a restart without remembering anything.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -37,8 +37,10 @@ STAGE_DURATION = Histogram(
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400),
 )
 STAGE_FAILURES = Counter(
-    "cai_stage_failures_total", "Stages that failed, by the Job's failure reason (BackoffLimitExceeded, ...).",
-    ["kind", "stage", "reason"], registry=REGISTRY,
+    "cai_stage_failures_total",
+    "Stages that failed, by the Job's failure reason (BackoffLimitExceeded, ...).",
+    ["kind", "stage", "reason"],
+    registry=REGISTRY,
 )
 RECONCILE_TOTAL = Counter(
     "cai_reconcile_total", "Reconciles by kind and result (ok, requeue, conflict, error, skipped).",
@@ -77,16 +79,27 @@ class StateCollector:
         self.snapshot = snapshot
 
     def collect(self) -> Iterable[Any]:
-        runs = GaugeMetricFamily("cai_runs", "Resources by kind, namespace and state of their summary condition "
-                                 "(Succeeded/Ready, Failed, Running, Queued, Waiting, Suspended, Pending).",
-                                 labels=["kind", "namespace", "condition"])
-        accuracy = GaugeMetricFamily("cai_preference_model_accuracy",
-                                     "Held-out accuracy of each trained PreferenceModel (status.metrics.heldOutAccuracy).",
-                                     labels=["namespace", "name"])
-        reward = GaugeMetricFamily("cai_policy_reward", "Mean preference-model reward of each RLAIFRun's policy "
-                                   "(status.metrics.rewardMean).", labels=["namespace", "name"])
-        kl = GaugeMetricFamily("cai_policy_kl", "KL divergence of each RLAIFRun's policy from its start (status.metrics.kl).",
-                               labels=["namespace", "name"])
+        runs = GaugeMetricFamily(
+            "cai_runs",
+            "Resources by kind, namespace and state of their summary condition "
+            "(Succeeded/Ready, Failed, Running, Queued, Waiting, Suspended, Pending).",
+            labels=["kind", "namespace", "condition"],
+        )
+        accuracy = GaugeMetricFamily(
+            "cai_preference_model_accuracy",
+            "Held-out accuracy of each trained PreferenceModel (status.metrics.heldOutAccuracy).",
+            labels=["namespace", "name"],
+        )
+        reward = GaugeMetricFamily(
+            "cai_policy_reward",
+            "Mean preference-model reward of each RLAIFRun's policy (status.metrics.rewardMean).",
+            labels=["namespace", "name"],
+        )
+        kl = GaugeMetricFamily(
+            "cai_policy_kl",
+            "KL divergence of each RLAIFRun's policy from its start (status.metrics.kl).",
+            labels=["namespace", "name"],
+        )
         counts: dict[tuple[str, str, str], int] = {}
         try:
             rows = self.snapshot()
@@ -110,13 +123,16 @@ _STATE = StateCollector(list)
 REGISTRY.register(_STATE)
 
 
-def install_state_collector(snapshot: Callable[[], list[tuple[str, str, str, str, dict[str, float]]]]) -> None:
+def install_state_collector(
+    snapshot: Callable[[], list[tuple[str, str, str, str, dict[str, float]]]],
+) -> None:
     """Point the scrape-time gauges at the running controller's indexes (one controller per process)."""
     _STATE.snapshot = snapshot
 
 
 class Endpoints:
-    """aiohttp servers: /metrics on the metrics port; /healthz (alive) and /readyz (ready) on the health port."""
+    """aiohttp servers: /metrics on the metrics port; /healthz (alive) and /readyz (ready) on the health
+    port."""
 
     def __init__(self, alive: Callable[[], tuple[bool, str]], ready: Callable[[], tuple[bool, str]]):
         self.alive, self.ready = alive, ready
@@ -125,7 +141,9 @@ class Endpoints:
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    def _probe(self, check: Callable[[], tuple[bool, str]]):
+    def _probe(
+        self, check: Callable[[], tuple[bool, str]]
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
             ok, detail = check()
             return web.Response(status=200 if ok else 503, text=detail + "\n")
@@ -138,10 +156,16 @@ class Endpoints:
         health_app.router.add_get("/healthz", self._probe(self.alive))
         health_app.router.add_get("/livez", self._probe(self.alive))
         health_app.router.add_get("/readyz", self._probe(self.ready))
-        apps = [(metrics_app, metrics_port)] if metrics_port == health_port else [(metrics_app, metrics_port), (health_app, health_port)]
+        apps = (
+            [(metrics_app, metrics_port)]
+            if metrics_port == health_port
+            else [(metrics_app, metrics_port), (health_app, health_port)]
+        )
         if metrics_port == health_port:
             for route in ("/healthz", "/livez", "/readyz"):
-                metrics_app.router.add_get(route, self._probe(self.ready if route == "/readyz" else self.alive))
+                metrics_app.router.add_get(
+                    route, self._probe(self.ready if route == "/readyz" else self.alive)
+                )
         for app, port in apps:
             if port <= 0:
                 continue
@@ -149,7 +173,9 @@ class Endpoints:
             await runner.setup()
             await web.TCPSite(runner, host, port).start()
             self._runners.append(runner)
-            log.info("serving %s on %s:%d", "/metrics" if app is metrics_app else "/healthz /readyz", host, port)
+            log.info(
+                "serving %s on %s:%d", "/metrics" if app is metrics_app else "/healthz /readyz", host, port
+            )
 
     async def stop(self) -> None:
         for runner in self._runners:

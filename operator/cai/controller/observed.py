@@ -34,6 +34,7 @@ class JobObs:
     suspended: bool = False
     queued: bool = False  # created for Kueue and not admitted yet
     active: int = 0
+    ready: int = 0  # pods Ready now (running)
     succeeded: int = 0
     failed: int = 0
     start_time: str | None = None
@@ -41,6 +42,11 @@ class JobObs:
     complete: bool = False
     failed_reason: str | None = None  # the Job's Failed condition reason (BackoffLimitExceeded, ...)
     failed_message: str | None = None
+
+    @property
+    def pods_started(self) -> bool:
+        """Some pod of this Job has run (is Ready now, or has finished)."""
+        return bool(self.ready or self.succeeded or self.failed)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> JobObs | None:
@@ -65,6 +71,7 @@ class JobObs:
             suspended=suspended,
             queued=suspended and KUEUE_QUEUE_LABEL in labels and not status.get("startTime"),
             active=int(status.get("active") or 0),
+            ready=int(status.get("ready") or 0),
             succeeded=int(status.get("succeeded") or 0),
             failed=int(status.get("failed") or 0),
             start_time=status.get("startTime"),
@@ -90,7 +97,8 @@ class Storage:
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> Storage:
-        return cls(**{k: doc.get(k) for k in ("uri", "endpoint", "secret_name", "region", "source") if doc.get(k) is not None})
+        return cls(str(doc["uri"]), **{k: str(doc[k]) for k in ("endpoint", "secret_name", "region", "source")
+                                      if doc.get(k) is not None})
 
 
 @dataclass(frozen=True)
@@ -113,7 +121,10 @@ class FrozenPlan:
     def configmap_data(self) -> dict[str, str]:
         plan = {"stages": list(self.stages), "outputs": self.outputs, "storage": self.storage.to_json(),
                 "constitution": {"name": self.constitution_name, "digest": self.constitution_digest}}
-        return {self.PLAN_KEY: json.dumps(plan, sort_keys=True), **{f"{s}.json": spec for s, spec in self.specs.items()}}
+        return {
+            self.PLAN_KEY: json.dumps(plan, sort_keys=True),
+            **{f"{s}.json": spec for s, spec in self.specs.items()},
+        }
 
     @classmethod
     def from_configmap_data(cls, data: Mapping[str, str]) -> FrozenPlan:
@@ -130,21 +141,27 @@ class FrozenPlan:
 
 
 @dataclass(frozen=True)
+class ArtifactObs:
+    """An artifact's manifest.json as the operator read it from the run's storage."""
+
+    manifest: dict[str, Any] | None  # None: there is no manifest (the artifact does not exist)
+    digest: str | None = None  # sha256 of the manifest's bytes (what a consumer stage records)
+    error: str | None = None  # the store could not be read: neither present nor absent is known
+
+
+@dataclass(frozen=True)
 class Need:
     """What reconcile must see before it can decide (the controller fetches it and calls again)."""
 
     storage_configmap: bool = False
     plan: bool = False
-    manifests: tuple[str, ...] = ()  # artifact URIs whose manifest metrics are wanted
+    manifests: tuple[str, ...] = ()  # artifact URIs whose manifests are wanted (output and inputs)
     pod_messages: tuple[str, ...] = ()  # failed Job names whose pods' termination messages are wanted
+    pods_pending: tuple[str, ...] = ()  # Job names whose pods have not started: why not
 
     def __bool__(self) -> bool:
-        return bool(self.storage_configmap or self.plan or self.manifests or self.pod_messages)
-
-    def __or__(self, other: Need) -> Need:
-        return Need(self.storage_configmap or other.storage_configmap, self.plan or other.plan,
-                    tuple(dict.fromkeys(self.manifests + other.manifests)),
-                    tuple(dict.fromkeys(self.pod_messages + other.pod_messages)))
+        return bool(self.storage_configmap or self.plan or self.manifests or self.pod_messages
+                    or self.pods_pending)
 
 
 MISSING: Any = object()  # "looked it up: it does not exist" (as opposed to "not looked up yet": None)
@@ -158,10 +175,14 @@ class Observed:
     jobs: dict[str, JobObs] = field(default_factory=dict)  # by stage, owned by this run's uid
     storage_configmap: Any = None  # None: not fetched; MISSING: absent; else its data dict
     plan: Any = None  # None: not fetched; MISSING: absent; else FrozenPlan
-    manifests: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # uri -> manifest (None: absent)
+    manifests: dict[str, ArtifactObs] = field(default_factory=dict)  # artifact uri -> its manifest
     pod_messages: dict[str, str] = field(default_factory=dict)  # job name -> termination message
+    pods_pending: dict[str, str] = field(default_factory=dict)  # job name -> why no pod has started
+    refused: dict[str, str] = field(default_factory=dict)  # object name -> why the apiserver refused it
     problems: list[str] = field(default_factory=list)  # field-named spec problems (InvalidSpec)
-    constitution_digests: dict[str, str | None] = field(default_factory=dict)  # name -> current digest (None: absent)
+    constitution_digests: dict[str, str | None] = field(
+        default_factory=dict
+    )  # name -> current digest (None: absent)
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ class WorkQueue(Generic[K]):
         """Requeue after an error with exponential backoff per key; returns the delay."""
         n = self._failures.get(key, 0)
         self._failures[key] = n + 1
-        delay = min(cap, base * (2 ** n))
+        delay = min(cap, base * 2.0 ** n)
         self.add_after(key, delay)
         return delay
 

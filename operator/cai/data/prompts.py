@@ -81,7 +81,8 @@ def _normalize(source: str, rows: list[Any]) -> list[dict[str, Any]]:
         column = next((c for c in PROMPT_COLUMNS if isinstance(row.get(c), str)), None)
         if column is None:
             raise PromptSourceError(
-                f"prompt source {source!r}: row {i + 1} has no prompt column (expected one of {', '.join(PROMPT_COLUMNS)}; "
+                f"prompt source {source!r}: row {i + 1} has no prompt column "
+                f"(expected one of {', '.join(PROMPT_COLUMNS)}; "
                 f"found {', '.join(map(str, row)) or 'nothing'})"
             )
         prompt = row[column].strip()
@@ -94,7 +95,11 @@ def _normalize(source: str, rows: list[Any]) -> list[dict[str, Any]]:
 def load_prompts(source: str, limit: int | None = None, split: str | None = None) -> list[dict[str, Any]]:
     """Prompts of `source` (split default train for builtin/hf), first `limit` of them."""
     if source.startswith("builtin:"):
-        rows = [r for r in _builtin_rows(source[len("builtin:"):]) if r.get("split", "train") == (split or "train")]
+        rows = [
+            r
+            for r in _builtin_rows(source[len("builtin:") :])
+            if r.get("split", "train") == (split or "train")
+        ]
     elif source.startswith("hf:"):
         rows = _load_hf(source, split)
     else:
@@ -105,7 +110,9 @@ def load_prompts(source: str, limit: int | None = None, split: str | None = None
     if limit is not None:
         prompts = prompts[:limit]
     if not prompts:
-        raise PromptSourceError(f"prompt source {source!r}{f' (split {split})' if split else ''}: no prompts found")
+        raise PromptSourceError(
+            f"prompt source {source!r}{f' (split {split})' if split else ''}: no prompts found"
+        )
     return prompts
 
 
@@ -114,11 +121,15 @@ def _load_hf(source: str, split: str | None) -> list[dict[str, Any]]:
     try:
         import datasets
     except ImportError:
-        raise PromptSourceError(f"prompt source {source!r}: needs the 'datasets' package (pip install 'cai-operator[train]')") from None
+        raise PromptSourceError(
+            f"prompt source {source!r}: needs the 'datasets' package (pip install 'cai-operator[train]')"
+        ) from None
     try:
         ds = datasets.load_dataset(name, config or None, split=split or "train")
     except Exception as e:  # noqa: BLE001 — datasets raises many types (connection, missing config, ...)
-        raise PromptSourceError(f"prompt source {source!r}: cannot load dataset ({type(e).__name__}: {str(e)[:300]})") from None
+        raise PromptSourceError(
+            f"prompt source {source!r}: cannot load dataset ({type(e).__name__}: {str(e)[:300]})"
+        ) from None
     return list(ds)
 
 
@@ -126,11 +137,17 @@ def check_source(source: str) -> str | None:
     """A one-line problem with `source`, or None. Cheap: no dataset is loaded except local files' headers."""
     if source.startswith("builtin:"):
         name = source[len("builtin:"):]
-        return None if name in BUILTIN else f"unknown builtin prompt set (expected one of: {', '.join('builtin:' + n for n in BUILTIN)})"
+        return (
+            None
+            if name in BUILTIN
+            else f"unknown builtin prompt set (expected one of: {', '.join('builtin:' + n for n in BUILTIN)})"
+        )
     if source.startswith("hf:"):
         return None if len(source) > 3 else "expected hf:<dataset>[:<config>]"
     if _suffix(source) not in FORMATS:
-        return "expected builtin:red-team, builtin:helpful, hf:<dataset>, or a .jsonl/.json/.csv/.parquet file"
+        return (
+            "expected builtin:red-team, builtin:helpful, hf:<dataset>, or a .jsonl/.json/.csv/.parquet file"
+        )
     from ..store.fs import filesystem
 
     try:

@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from ..api.kinds import RLAIFRunStatus
 from ..pipeline.conditions import get_condition
 from ..store import filesystem, local_path
 from ..store.fs import normalize
@@ -49,7 +50,14 @@ def summary_table(summary: dict[str, Any]) -> Table:
                           f"[{_f(wr.get('ciLow'))}, {_f(wr.get('ciHigh'))}]", _f(wr.get("hardWinRate")))
     pm, rl = summary.get("preferenceModel") or {}, summary.get("rl") or {}
     table.add_section()
-    table.add_row("preference model", "held-out accuracy", str(pm.get("heldOut", "")), _f(pm.get("heldOutAccuracy")), "", "")
+    table.add_row(
+        "preference model",
+        "held-out accuracy",
+        str(pm.get("heldOut", "")),
+        _f(pm.get("heldOutAccuracy")),
+        "",
+        "",
+    )
     table.add_row("preference model", "calibration error (ECE)", "", _f(pm.get("calibrationError")), "", "")
     table.add_row("RL", f"reward ({rl.get('algorithm', '')}) first → last", str(rl.get("steps", "")),
                   f"{_f(rl.get('rewardFirst'))} → {_f(rl.get('rewardMean'))}", "", "")
@@ -61,9 +69,12 @@ def print_report(store: str, name: str, namespace: str = "default") -> int:
     store = normalize(store)
     res = state.stored_resource(store, "RLAIFRun", namespace, name)
     if res is None:
-        print(f"error: no RLAIFRun {namespace}/{name} in {store} (run it with `cai run` first)", file=sys.stderr)
+        print(
+            f"error: no RLAIFRun {namespace}/{name} in {store} (run it with `cai run` first)", file=sys.stderr
+        )
         return 1
-    report = res.status.outputs.report if res.status is not None else None
+    status = res.status
+    report = status.outputs.report if isinstance(status, RLAIFRunStatus) else None
     if not report:
         cond = get_condition(res.status, "Succeeded") if res.status is not None else None
         why = f" ({cond.reason}: {cond.message})" if cond is not None and cond.message else ""

@@ -21,24 +21,18 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
-from ..api.kinds import STAGES
+from ..api.kinds import STAGES, ConstitutionSpec, ConstitutionStatus, RunStatus
 from ..api.manifest import Resource
 from ..pipeline.plan import Blocked, order_by_references, plan_resource
-from ..pipeline.status import (
-    constitution_status,
-    mark_blocked,
-    mark_completed,
-    mark_stage_failed,
-    mark_stage_started,
-    mark_stage_succeeded,
-)
+from ..pipeline.runstate import ARTIFACT_MISSING, RunState, constitution_status
 from ..progress import PREFIX
-from ..store import read_manifest
+from ..store import manifest_digest, read_manifest
 from ..store.fs import normalize
 from ..validation import validate_paths
 from . import state
@@ -62,12 +56,19 @@ class _Lookup:
 
 
 def _run_stage_process(stage_spec, progress: Progress | None, tail: deque[str]) -> int:
-    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix=f"cai-{stage_spec.stage}-", delete=False) as f:
+    with tempfile.NamedTemporaryFile(
+        "w", suffix=".json", prefix=f"cai-{stage_spec.stage}-", delete=False
+    ) as f:
         f.write(stage_spec.model_dump_json(by_alias=True))
         spec_file = f.name
     # rich bars replace tqdm bars; plain log lines otherwise.
-    env = {**os.environ, "CAI_PROGRESS": "json" if progress is not None else "log", "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
-    tasks: dict[str, int] = {}
+    env = {
+        **os.environ,
+        "CAI_PROGRESS": "json" if progress is not None else "log",
+        "PYTHONUNBUFFERED": "1",
+        "TQDM_DISABLE": "1",
+    }
+    tasks: dict[str, TaskID] = {}
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "cai", "stage", stage_spec.stage, "--spec", spec_file],
@@ -85,7 +86,9 @@ def _run_stage_process(stage_spec, progress: Progress | None, tail: deque[str]) 
                     progress.update(tasks[label], completed=ev["done"], total=ev["total"])
                     continue
                 tail.append(line)
-                console.print(f"[dim]{line}[/dim]", markup=True, highlight=False) if progress else print(line, file=sys.stderr)
+                console.print(f"[dim]{line}[/dim]", markup=True, highlight=False) if progress else print(
+                    line, file=sys.stderr
+                )
             return proc.wait()
         except KeyboardInterrupt:
             # The child got the same SIGINT; give it a moment to stop cleanly.
@@ -99,23 +102,27 @@ def _run_stage_process(stage_spec, progress: Progress | None, tail: deque[str]) 
 
 
 def _run_resource(res: Resource, store: str, lookup: _Lookup, quiet: bool) -> bool:
-    info = res.info
-    res.status = state.load_status(store, res)
+    status = state.load_status(store, res)
+    assert isinstance(status, RunStatus)
+    res.status = status
+    run = RunState(res.info, status, res.generation)
     plan = plan_resource(res, lookup, store)
     if isinstance(plan, Blocked):
-        mark_blocked(info, res.status, plan, res.generation)
+        run.blocked(plan)
         state.save(store, res)
         console.print(f"[yellow]{res.display}: {plan.reason}: {plan.message}[/yellow]")
         return False
-    res.status.constitution_digest = plan.constitution_digest
+    status.constitution_digest = plan.constitution_digest
     for spec in plan.stages:
         _, stage = STAGES[spec.stage]
         existing = read_manifest(spec.output)
-        mark_stage_started(info, res.status, stage, res.generation)
+        run.stage_started(stage)
         state.save(store, res)
         tail: deque[str] = deque(maxlen=40)
         started = time.monotonic()
-        console.print(f"[bold]{res.display}[/bold] → {spec.stage}" + (" (checking for resume)" if existing else ""))
+        console.print(
+            f"[bold]{res.display}[/bold] → {spec.stage}" + (" (checking for resume)" if existing else "")
+        )
         progress = None if quiet else Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False,
@@ -127,28 +134,37 @@ def _run_resource(res: Resource, store: str, lookup: _Lookup, quiet: bool) -> bo
             else:
                 rc = _run_stage_process(spec, None, tail)
         except KeyboardInterrupt:
-            mark_stage_failed(info, res.status, stage, "Interrupted", "interrupted; run again to resume", res.generation)
+            run.stage_failed(stage, "Interrupted", "interrupted; run again to resume")
             state.save(store, res)
             raise
         manifest = read_manifest(spec.output) if rc == 0 else None
-        if manifest is None:
+        # Exit status 0 is not enough: the artifact must be the one this plan asked for (the operator checks
+        # the same).
+        problem = spec.output_problem(manifest, {r: manifest_digest(u) if u else None
+                                                 for r, u in spec.inputs.items()}) if rc == 0 else None
+        if manifest is None or problem:
             errors = [line for line in tail if line.startswith("error:")] or list(tail)[-5:]
-            message = " | ".join(e.removeprefix("error: ") for e in errors)[-2000:] or f"exit code {rc}"
-            mark_stage_failed(info, res.status, stage, "StageFailed", message, res.generation)
+            said = " | ".join(e.removeprefix("error: ") for e in errors)[-2000:]
+            message = problem or said or f"exit code {rc}"
+            run.stage_failed(stage, ARTIFACT_MISSING if problem else "StageFailed", message)
             state.save(store, res)
             console.print(f"[red]{res.display}: stage {spec.stage} failed: {message}[/red]")
             return False
-        mark_stage_succeeded(info, res.status, stage, spec.output, manifest.get("metrics", {}), res.generation)
+        run.stage_succeeded(stage, spec.output, manifest.get("metrics", {}))
         state.save(store, res)
         console.print(f"  [green]✓[/green] {spec.stage} ({time.monotonic() - started:.1f}s) → {spec.output}")
-    mark_completed(info, res.status, res.generation)
+    run.completed()
     state.save(store, res)
     return True
 
 
-def run_local(paths: list[str], store: str, only: list[str] | None = None, force: bool = False, quiet: bool = False) -> int:
+def run_local(
+    paths: list[str], store: str, only: list[str] | None = None, force: bool = False, quiet: bool = False
+) -> int:
     store = normalize(store)
-    resources, problems = validate_paths(paths, local=True, known=lambda k, n: state.stored_resource(store, k, "default", n))
+    resources, problems = validate_paths(
+        paths, local=True, known=lambda k, n: state.stored_resource(store, k, "default", n)
+    )
     if problems:
         for p in problems:
             print(p)
@@ -169,12 +185,14 @@ def run_local(paths: list[str], store: str, only: list[str] | None = None, force
                 res.status = state.load_status(store, res)
                 continue
             if not res.info.is_run:
-                res.status = constitution_status(res)
+                res.status = constitution_status(res.typed(ConstitutionSpec, ConstitutionStatus))
                 state.save(store, res)
                 continue
             ok = _run_resource(res, store, lookup, quiet) and ok
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted: finished stages are kept; run the same command again to resume[/yellow]")
+        console.print(
+            "[yellow]interrupted: finished stages are kept; run the same command again to resume[/yellow]"
+        )
         return 130
     console.print(render_table(ordered))
     return 0 if ok else 1

@@ -27,7 +27,8 @@ def render_table(resources: list[Resource]) -> Group:
     for res in resources:
         value, reason, message = _summary(res)
         stages = " ".join(
-            f"{s.name}{'✓' if s.completion_time else '…'}" for s in (getattr(res.status, "stages", None) or [])
+            f"{s.name}{'✓' if s.completion_time else '…'}"
+            for s in (getattr(res.status, "stages", None) or [])
         )
         table.add_row(res.kind, res.name, f"{res.info.summary_condition}={value}", reason, stages)
         lines = []

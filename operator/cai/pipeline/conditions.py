@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from ..api.common import Condition, now_rfc3339
+from ..api.common import Condition, ConditionStatus, ObjectStatus, now_rfc3339
 
 
-def get_condition(status, type_: str) -> Condition | None:
+def get_condition(status: ObjectStatus | None, type_: str) -> Condition | None:
+    if status is None:
+        return None
     return next((c for c in status.conditions if c.type == type_), None)
 
 
-def set_condition(status, type_: str, value: str, reason: str, message: str = "", generation: int | None = None) -> bool:
-    """Set a condition; lastTransitionTime changes only when the status value changes. True if anything changed."""
+def set_condition(status: ObjectStatus, type_: str, value: ConditionStatus, reason: str, message: str = "",
+                  generation: int | None = None) -> bool:
+    """Set a condition; lastTransitionTime changes only when the status value changes.
+    True if anything changed."""
     current = get_condition(status, type_)
     if current is None:
         status.conditions = [*status.conditions, Condition(
@@ -18,19 +22,29 @@ def set_condition(status, type_: str, value: str, reason: str, message: str = ""
             last_transition_time=now_rfc3339(), observed_generation=generation,
         )]
         return True
-    if (current.status, current.reason, current.message, current.observed_generation) == (value, reason, message, generation):
+    if (current.status, current.reason, current.message, current.observed_generation) == (
+        value,
+        reason,
+        message,
+        generation,
+    ):
         return False
     if current.status != value:
         current.last_transition_time = now_rfc3339()
-    current.status, current.reason, current.message, current.observed_generation = value, reason, message, generation
+    current.status, current.reason, current.message, current.observed_generation = (
+        value,
+        reason,
+        message,
+        generation,
+    )
     return True
 
 
-def is_true(status, type_: str) -> bool:
-    c = get_condition(status, type_) if status is not None else None
+def is_true(status: ObjectStatus | None, type_: str) -> bool:
+    c = get_condition(status, type_)
     return c is not None and c.status == "True"
 
 
-def is_false(status, type_: str) -> bool:
-    c = get_condition(status, type_) if status is not None else None
+def is_false(status: ObjectStatus | None, type_: str) -> bool:
+    c = get_condition(status, type_)
     return c is not None and c.status == "False"

@@ -11,9 +11,22 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from ..api.kinds import KINDS, ConstitutionSpec, CritiqueRunSpec, PreferenceModelSpec, RLAIFRunSpec
-from ..api.manifest import Resource
+from ..api import references as api_references
+from ..api.common import PolicySpec
+from ..api.kinds import (
+    KINDS,
+    ConstitutionSpec,
+    ConstitutionStatus,
+    CritiqueRunSpec,
+    CritiqueRunStatus,
+    PreferenceModelSpec,
+    PreferenceModelStatus,
+    RLAIFRunSpec,
+    StageInfo,
+)
+from ..api.manifest import Resource, S
 from ..store.layout import artifact_uri
 from .conditions import is_false, is_true
 from .stagespec import StageSpec
@@ -42,154 +55,167 @@ class Plan:
     constitution_digest: str | None = None
 
 
-# status.outputs field each stage's artifact becomes
-STAGE_OUTPUTS = {
-    "generate-revisions": "dataset",
-    "finetune": "model",
-    "sample-pairs": "pairs",
-    "label-preferences": "comparisons",
-    "train-preference-model": "model",
-    "train-policy": "model",
-    "evaluate": "report",
-}
-# Stages whose status output names one file of the artifact rather than the directory.
-STAGE_OUTPUT_FILES = {"evaluate": "report.html"}
-
-
-def published_output(stage: str, output: str) -> str:
+def published_output(stage: StageInfo, output: str) -> str:
     """What status.outputs shows for a stage's artifact `output` (e.g. the report.html inside it)."""
-    name = STAGE_OUTPUT_FILES.get(stage)
-    return f"{output.rstrip('/')}/{name}" if name else output
+    return f"{output.rstrip('/')}/{stage.output_file}" if stage.output_file else output
 
 
-def _require(lookup: Lookup, kind: str, name: str, ready: str, who: str) -> Resource | Blocked:
-    dep = lookup(kind, name)
+def _require(lookup: Lookup, kind: type[S], name: str, who: str) -> Resource[S, Any] | Blocked:
+    """The dependency `name` of kind `KINDS[...]` whose spec type is `kind`, once its summary condition
+    (Ready or Succeeded) is True; else why not."""
+    info = next(i for i in KINDS.values() if i.spec is kind)
+    dep = lookup(info.kind, name)
+    where, ready = f"{info.kind}/{name} ({who})", info.summary_condition
     if dep is None:
-        return Blocked("WaitingForDependency", f"{kind}/{name} ({who}) does not exist yet")
+        return Blocked("WaitingForDependency", f"{where} does not exist yet")
     if is_false(dep.status, ready):
-        return Blocked("DependencyFailed", f"{kind}/{name} ({who}) failed; fix it and recreate this resource", failed=True)
+        return Blocked("DependencyFailed", f"{where} failed; fix it and recreate this resource", failed=True)
     if not is_true(dep.status, ready):
-        return Blocked("WaitingForDependency", f"waiting for {kind}/{name} ({who}) to become {ready}")
-    return dep
+        return Blocked("WaitingForDependency", f"waiting for {where} to become {ready}")
+    return dep.typed(kind, info.status)
 
 
-def _policy(lookup: Lookup, policy) -> tuple[str, str] | Blocked:
+def _policy(lookup: Lookup, policy: PolicySpec) -> tuple[str, str] | Blocked:
     """(policy model ref, its base model ref) for a PolicySpec."""
     if policy.model is not None:
         return policy.model, policy.model
-    dep = _require(lookup, "CritiqueRun", policy.critique_run_ref.name, "Succeeded", "spec.policy.critiqueRunRef")
+    assert policy.critique_run_ref is not None  # the spec's rule: exactly one of the two
+    dep = _require(lookup, CritiqueRunSpec, policy.critique_run_ref.name, "spec.policy.critiqueRunRef")
     if isinstance(dep, Blocked):
         return dep
+    assert isinstance(dep.status, CritiqueRunStatus)
     model = dep.status.outputs.model
     if not model:
-        return Blocked("DependencyFailed", f"CritiqueRun/{dep.name} succeeded without a model (finetune disabled?)", failed=True)
+        return Blocked(
+            "DependencyFailed",
+            f"CritiqueRun/{dep.name} succeeded without a model (finetune disabled?)",
+            failed=True,
+        )
     return model, dep.spec.model
 
 
+@dataclass
+class _Wiring:
+    """What a kind's planner decides: per stage its models and inputs, and the Constitution in force."""
+
+    stages: dict[str, dict[str, dict[str, str]]]  # stage -> {"models": {role: ref}, "inputs": {role: uri}}
+    constitution: ConstitutionSpec | None
+    digest: str | None
+
+
+def _constitution(lookup: Lookup, name: str) -> ConstitutionSpec | Blocked:
+    const = _require(lookup, ConstitutionSpec, name, "spec.constitutionRef")
+    return const if isinstance(const, Blocked) else const.spec
+
+
+def _critique_run(spec: CritiqueRunSpec, lookup: Lookup, out: dict[str, str]) -> _Wiring | Blocked:
+    const = _constitution(lookup, spec.constitution_ref.name)
+    if isinstance(const, Blocked):
+        return const
+    return _Wiring({
+        "generate-revisions": {"models": {"policy": spec.model}},
+        "finetune": {"models": {"base": spec.model}, "inputs": {"dataset": out["generate-revisions"]}},
+    }, const, constitution_digest(const))
+
+
+def _preference_model(spec: PreferenceModelSpec, lookup: Lookup, out: dict[str, str]) -> _Wiring | Blocked:
+    const = _constitution(lookup, spec.constitution_ref.name)
+    if isinstance(const, Blocked):
+        return const
+    policy = _policy(lookup, spec.policy)
+    if isinstance(policy, Blocked):
+        return policy
+    policy_model, base_model = policy
+    return _Wiring(
+        {
+            "sample-pairs": {"models": {"policy": policy_model}},
+            "label-preferences": {
+                "models": {"feedback": spec.feedback_model or base_model},
+                "inputs": {"pairs": out["sample-pairs"]},
+            },
+            "train-preference-model": {
+                "models": {"base": spec.training.base_model or policy_model, "policy": policy_model},
+                "inputs": {"comparisons": out["label-preferences"]},
+            },
+        },
+        const,
+        constitution_digest(const),
+    )
+
+
+def _rlaif_run(spec: RLAIFRunSpec, lookup: Lookup, out: dict[str, str]) -> _Wiring | Blocked:
+    pm = _require(lookup, PreferenceModelSpec, spec.reward_model_ref.name, "spec.rewardModelRef")
+    if isinstance(pm, Blocked):
+        return pm
+    assert isinstance(pm.status, PreferenceModelStatus)
+    policy = _policy(lookup, spec.policy)
+    if isinstance(policy, Blocked):
+        return policy
+    policy_model, base_model = policy
+    found = lookup("Constitution", pm.spec.constitution_ref.name)
+    const = found.typed(ConstitutionSpec, ConstitutionStatus).spec if found is not None else None
+    pm_outputs = pm.status.outputs
+    trained = out["train-policy"]
+    feedback = pm.spec.feedback_model or _feedback_default(lookup, pm)
+    judge = spec.evaluation.judge.model if spec.evaluation.judge else feedback
+    return _Wiring({
+        "train-policy": {"models": {"policy": policy_model, "reward": pm_outputs.model or ""}},
+        "evaluate": {
+            "models": {"start": base_model, "sl": policy_model, "rl": trained,
+                       "feedback": feedback, "judge": judge, "reward": pm_outputs.model or ""},
+            "inputs": {"policy": trained, "comparisons": pm_outputs.comparisons or "",
+                       "rewardModel": pm_outputs.model or ""},
+        },
+    }, const, pm.status.constitution_digest)
+
+
+_PLANNERS: dict[str, Callable[[Any, Lookup, dict[str, str]], _Wiring | Blocked]] = {
+    "CritiqueRun": _critique_run,
+    "PreferenceModel": _preference_model,
+    "RLAIFRun": _rlaif_run,
+}
+
+
 def plan_resource(res: Resource, lookup: Lookup, storage_root: str) -> Plan | Blocked:
-    def out(stage: str) -> str:
-        return artifact_uri(storage_root, res.namespace, res.info.plural, res.name, res.uid, stage)
-
-    def stage(name: str, **kw) -> StageSpec:
-        return StageSpec(stage=name, kind=res.kind, name=res.name, namespace=res.namespace, uid=res.uid,
-                         spec=res.spec.to_wire(), output=out(name), **kw)
-
-    spec = res.spec
-    if isinstance(spec, CritiqueRunSpec):
-        const = _require(lookup, "Constitution", spec.constitution_ref.name, "Ready", "spec.constitutionRef")
-        if isinstance(const, Blocked):
-            return const
-        digest = constitution_digest(const.spec)
-        common = {"constitution": const.spec.to_wire(), "constitution_digest": digest}
-        stages = [stage("generate-revisions", models={"policy": spec.model}, **common)]
-        if spec.finetune.enabled:
-            stages.append(stage("finetune", models={"base": spec.model}, inputs={"dataset": stages[0].output}, **common))
-        return _plan(stages, digest)
-
-    if isinstance(spec, PreferenceModelSpec):
-        const = _require(lookup, "Constitution", spec.constitution_ref.name, "Ready", "spec.constitutionRef")
-        if isinstance(const, Blocked):
-            return const
-        policy = _policy(lookup, spec.policy)
-        if isinstance(policy, Blocked):
-            return policy
-        policy_model, base_model = policy
-        feedback = spec.feedback_model or base_model
-        digest = constitution_digest(const.spec)
-        common = {"constitution": const.spec.to_wire(), "constitution_digest": digest}
-        pairs = stage("sample-pairs", models={"policy": policy_model}, **common)
-        label = stage("label-preferences", models={"feedback": feedback}, inputs={"pairs": pairs.output}, **common)
-        train = stage("train-preference-model", models={"base": spec.training.base_model or policy_model, "policy": policy_model},
-                      inputs={"comparisons": label.output}, **common)
-        return _plan([pairs, label, train], digest)
-
-    if isinstance(spec, RLAIFRunSpec):
-        pm = _require(lookup, "PreferenceModel", spec.reward_model_ref.name, "Ready", "spec.rewardModelRef")
-        if isinstance(pm, Blocked):
-            return pm
-        policy = _policy(lookup, spec.policy)
-        if isinstance(policy, Blocked):
-            return policy
-        policy_model, base_model = policy
-        const = lookup("Constitution", pm.spec.constitution_ref.name)
-        const_wire = const.spec.to_wire() if const is not None else None
-        digest = pm.status.constitution_digest
-        pm_feedback = pm.spec.feedback_model or _feedback_default(lookup, pm)
-        train = stage("train-policy", models={"policy": policy_model, "reward": pm.status.outputs.model},
-                      constitution=const_wire, constitution_digest=digest)
-        stages = [train]
-        if spec.evaluation.enabled:
-            stages.append(stage(
-                "evaluate",
-                models={"start": base_model, "sl": policy_model, "rl": train.output, "feedback": pm_feedback,
-                        "reward": pm.status.outputs.model},
-                inputs={"policy": train.output, "comparisons": pm.status.outputs.comparisons or "",
-                        "rewardModel": pm.status.outputs.model or ""},
-                constitution=const_wire, constitution_digest=digest,
-            ))
-        return _plan(stages, digest)
-
-    raise TypeError(f"{res.kind} has no stages")
+    planner = _PLANNERS.get(res.kind)
+    if planner is None:
+        raise TypeError(f"{res.kind} has no stages")
+    info = res.info
+    out = {
+        s.name: artifact_uri(storage_root, res.namespace, info.plural, res.name, res.uid, s.name)
+        for s in info.stages
+    }
+    wiring = planner(res.spec, lookup, out)
+    if isinstance(wiring, Blocked):
+        return wiring
+    constitution = wiring.constitution.to_wire() if wiring.constitution is not None else None
+    enabled = info.stages_for(res.spec)
+    stages = [StageSpec(stage=s.name, kind=res.kind, name=res.name, namespace=res.namespace, uid=res.uid,
+                        spec=res.spec.to_wire(), output=out[s.name], constitution=constitution,
+                        constitution_digest=wiring.digest, **wiring.stages[s.name])
+              for s in enabled]
+    return Plan(stages=stages, outputs={s.output: published_output(s, out[s.name]) for s in enabled},
+                constitution_digest=wiring.digest)
 
 
-def _feedback_default(lookup: Lookup, pm: Resource) -> str:
+def _feedback_default(lookup: Lookup, pm: Resource[PreferenceModelSpec, Any]) -> str:
     policy = _policy(lookup, pm.spec.policy)
     return policy[1] if not isinstance(policy, Blocked) else (pm.spec.policy.model or "")
 
 
-def _plan(stages: list[StageSpec], digest: str | None) -> Plan:
-    return Plan(stages=stages, outputs={STAGE_OUTPUTS[s.stage]: published_output(s.stage, s.output) for s in stages}, constitution_digest=digest)
-
-
 def references(res: Resource) -> list[tuple[str, str, str]]:
     """(kind, name, field path) of every resource `res` refers to."""
-    spec = res.spec
-    refs: list[tuple[str, str, str]] = []
-    if hasattr(spec, "constitution_ref"):
-        refs.append(("Constitution", spec.constitution_ref.name, "spec.constitutionRef.name"))
-    policy = getattr(spec, "policy", None)
-    if policy is not None and policy.critique_run_ref is not None:
-        refs.append(("CritiqueRun", policy.critique_run_ref.name, "spec.policy.critiqueRunRef.name"))
-    if isinstance(spec, RLAIFRunSpec):
-        refs.append(("PreferenceModel", spec.reward_model_ref.name, "spec.rewardModelRef.name"))
-    return refs
+    return api_references.references(res.info.spec, res.spec)
 
 
 def model_refs(res: Resource) -> list[tuple[str, str]]:
     """(field path, model reference) of every model the resource names directly."""
-    spec = res.spec
-    out: list[tuple[str, str]] = []
-    if isinstance(spec, CritiqueRunSpec):
-        out.append(("spec.model", spec.model))
-    policy = getattr(spec, "policy", None)
-    if policy is not None and policy.model:
-        out.append(("spec.policy.model", policy.model))
-    if isinstance(spec, PreferenceModelSpec):
-        if spec.feedback_model:
-            out.append(("spec.feedbackModel", spec.feedback_model))
-        if spec.training.base_model:
-            out.append(("spec.training.baseModel", spec.training.base_model))
-    return out
+    return api_references.model_refs(res.info.spec, res.spec)
+
+
+def prompt_sources(res: Resource) -> list[tuple[str, str]]:
+    """(field path, source) of every prompt source the resource reads."""
+    return api_references.prompt_sources(res.info.spec, res.spec)
 
 
 def order_by_references(resources: list[Resource]) -> list[Resource]:

@@ -1,15 +1,8 @@
 """Stages: one module per stage, each exposing `run(ctx: StageContext) -> StageResult`.
 
-This is the only package that imports torch/transformers/trl (inside the stage modules, which are
-imported only when their stage runs). `runtime.run_stage` is what `cai stage` calls.
+Which module runs which stage is declared in the stage registry (`cai.api.kinds.KINDS`, field
+`StageInfo.module`). Stage modules are leaves: they use the libraries (`cai.feedback`, `cai.models`,
+`cai.store`, ...) and the two support modules here, `runtime` (what `cai stage` calls: spec,
+resume, artifact publication) and `training` (what the trainer stages share), never each other.
+Heavy ML imports (torch, transformers, trl) happen inside the stage modules, when their stage runs.
 """
-
-STAGE_MODULES = {
-    "generate-revisions": "cai.stages.generate_revisions",
-    "finetune": "cai.stages.finetune",
-    "sample-pairs": "cai.stages.sample_pairs",
-    "label-preferences": "cai.stages.label_preferences",
-    "train-preference-model": "cai.stages.train_preference_model",
-    "train-policy": "cai.stages.train_policy",
-    "evaluate": "cai.stages.evaluate",
-}

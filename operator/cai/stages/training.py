@@ -2,7 +2,8 @@
 a NaN guard, distributed rank handling and the model card.
 
 DeepSpeed and bf16 are GPU paths: on CPU the same code runs in fp32 (DeepSpeed on CPU works for
-tests, DESIGN §5). Multi-node runs start this stage under torchrun; only rank 0 publishes artifacts.
+tests: docs/design.md#models-and-backends). Multi-node runs start this stage under torchrun; only rank
+0 publishes artifacts.
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ DEEPSPEED_PRESETS: dict[str, dict[str, Any]] = {
         "train_batch_size": "auto",
     },
     "zero3": {
-        "zero_optimization": {"stage": 3, "overlap_comm": True, "stage3_gather_16bit_weights_on_model_save": True},
+        "zero_optimization": {
+            "stage": 3,
+            "overlap_comm": True,
+            "stage3_gather_16bit_weights_on_model_save": True,
+        },
         "bf16": {"enabled": "auto"},
         "train_micro_batch_size_per_gpu": "auto",
         "gradient_accumulation_steps": "auto",
@@ -141,7 +146,9 @@ def loss_curve(log_history: list[dict[str, Any]], key: str = "loss") -> list[dic
     return [{"step": h["step"], key: h[key]} for h in log_history if key in h and "step" in h]
 
 
-def write_model_card(out_dir: Path, *, title: str, base_model: str, stage: str, details: dict[str, Any]) -> None:
+def write_model_card(
+    out_dir: Path, *, title: str, base_model: str, stage: str, details: dict[str, Any]
+) -> None:
     lines = [
         "---",
         "library_name: transformers",

@@ -15,11 +15,13 @@ from .artifacts import (
     write_json,
 )
 from .fs import filesystem, join, local_path
+from .jsonl import checkpointed, parse_jsonl, read_jsonl, write_jsonl
 from .layout import artifact_uri, resource_root, status_uri
 
 __all__ = [
     "MANIFEST",
     "artifact_uri",
+    "checkpointed",
     "commit_artifact",
     "download_artifact",
     "file_digest",
@@ -27,9 +29,12 @@ __all__ = [
     "join",
     "local_path",
     "manifest_digest",
+    "parse_jsonl",
     "read_json",
+    "read_jsonl",
     "read_manifest",
     "resource_root",
     "status_uri",
     "write_json",
+    "write_jsonl",
 ]

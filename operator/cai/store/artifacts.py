@@ -1,6 +1,7 @@
 """Artifact directories: upload files, then manifest.json last; read manifests; download with checks.
 
-Manifest (DESIGN §4): {schemaVersion, kind: dataset|model|report, producer: {kind, name, stage},
+Manifest (docs/design.md#artifacts): {schemaVersion, kind: dataset|model|report,
+producer: {kind, name, stage},
 inputs: [{uri, sha256}], files: [{path, sha256, bytes}], metrics, createdAt} plus `inputsDigest`, the
 digest of everything the stage's result depends on; a stage whose output manifest carries the same
 inputsDigest is skipped (resume).
@@ -36,7 +37,8 @@ def read_manifest(uri: str) -> dict[str, Any] | None:
     target = f"{path}/{MANIFEST}"
     try:
         with fs.open(target, "rb") as f:
-            return json.loads(f.read())
+            manifest: dict[str, Any] = json.loads(f.read())
+            return manifest
     except FileNotFoundError:
         return None
 
@@ -94,10 +96,16 @@ def commit_artifact(
 
     An older manifest at `uri` is removed first, so readers never see new files under an old manifest.
     """
-    files = []
+    files: list[dict[str, Any]] = []
     for p in sorted(local_dir.rglob("*")):
         if p.is_file() and p.name != MANIFEST:
-            files.append({"path": p.relative_to(local_dir).as_posix(), "sha256": file_digest(p), "bytes": p.stat().st_size})
+            files.append(
+                {
+                    "path": p.relative_to(local_dir).as_posix(),
+                    "sha256": file_digest(p),
+                    "bytes": p.stat().st_size,
+                }
+            )
     manifest = {
         "schemaVersion": SCHEMA_VERSION,
         "kind": kind,

@@ -26,7 +26,11 @@ def _secret(name: str) -> str | None:
 
 
 def s3_options() -> dict[str, Any]:
-    endpoint = os.environ.get("CAI_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = (
+        os.environ.get("CAI_S3_ENDPOINT")
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+    )
     opts: dict[str, Any] = {}
     key, secret = _secret("AWS_ACCESS_KEY_ID"), _secret("AWS_SECRET_ACCESS_KEY")
     if key and secret:

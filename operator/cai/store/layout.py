@@ -1,4 +1,4 @@
-"""Where artifacts live (DESIGN §4, contract):
+"""Where artifacts live (docs/design.md#artifacts, a contract):
 `<storage-root>/<namespace>/<kind-plural>/<name>/<uid-or-local>/<stage>/`."""
 
 from __future__ import annotations

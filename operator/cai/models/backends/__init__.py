@@ -6,6 +6,9 @@ backend talks to any OpenAI-compatible server and needs `endpoint`.
 
 from __future__ import annotations
 
+from typing import get_args
+
+from ...api.common import BackendKind
 from .base import Backend, Completion, Conversation, OptionTokenError, SamplingParams
 
 __all__ = [
@@ -13,7 +16,7 @@ __all__ = [
     "resolve_kind",
 ]
 
-BACKENDS = ("auto", "transformers", "vllm", "openai")
+BACKENDS: tuple[str, ...] = get_args(BackendKind)  # the values `generation.backend` accepts
 
 # kind -> module in this package exposing `create(model, *, endpoint, batch_size, dtype)`.
 _MODULES = {"transformers": "hf", "vllm": "vllm_backend", "openai": "openai_backend"}

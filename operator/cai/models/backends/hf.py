@@ -6,6 +6,9 @@ a GPU+vLLM). Imported lazily: torch and transformers load only when a backend is
 Throughput comes from batching: prompts are sorted by token length so each batch pads little,
 padded on the left (decoder-only models continue from the right edge), generated together, and
 put back in input order. `score_next_token` is a single forward pass per prompt, also batched.
+Prompts that share a long token prefix (few-shot examples, the labeller's question frame) run that
+prefix once and reuse its key/value cache, in generation and in scoring alike, as vLLM's prefix
+caching does on the other backends; the outputs are those of the plain path up to float rounding.
 Sampling (temperature > 0) draws tokens with `nucleus.NucleusSampler`, the same distribution as
 transformers' top-p without its full-vocabulary sort (2x the sampled tokens/s on the embedded model).
 
@@ -17,6 +20,7 @@ labels stay exact. `dtype="float32"` or `CAI_CPU_BF16=0` keeps generation in flo
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import warnings
@@ -93,7 +97,9 @@ class _FinishTracker(StoppingCriteria):
         self.window = max((len(s) for s in self.stop), default=0) + 2
         self.finished_at = torch.full((batch,), -1, dtype=torch.long, device=device)
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
         done = torch.isin(input_ids[:, -1], self.eos)
         step = input_ids.shape[1] - self.prompt_len - 1
         if self.stop:
@@ -110,7 +116,9 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def __init__(self, model: str, *, batch_size: int = 16, dtype: str = "auto", device: str | None = None) -> None:
+    def __init__(
+        self, model: str, *, batch_size: int = 16, dtype: str = "auto", device: str | None = None
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model = model
@@ -241,7 +249,9 @@ class TransformersBackend:
             bos_token_id=self.lm.generation_config.bos_token_id,
         )
 
-    def _inputs_with_shared_prefix(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    def _inputs_with_shared_prefix(
+        self, rows: list[list[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """Model inputs for a batch, reusing one KV cache for the token prefix all rows share.
 
         Few-shot prompts repeat the same long prefix in every row; encoding it once and repeating its
@@ -253,8 +263,7 @@ class TransformersBackend:
         if shared < MIN_SHARED_PREFIX:
             input_ids, mask = self._left_pad(rows)
             return input_ids, mask, {}
-        prefix = torch.tensor([rows[0][:shared]], dtype=torch.long, device=self.device)
-        cache = self.generator(input_ids=prefix, use_cache=True).past_key_values
+        prefix, cache = self._prefix_cache(self.generator, rows[0][:shared])
         cache.batch_repeat_interleave(len(rows))
         suffix_ids, suffix_mask = self._left_pad([r[shared:] for r in rows])
         input_ids = torch.cat([prefix.expand(len(rows), -1), suffix_ids], dim=1)
@@ -312,20 +321,75 @@ class TransformersBackend:
 
         See `option_token_ids` for how options map to tokens. One forward pass per prompt, batched
         with left padding; position ids follow the attention mask so padding does not shift RoPE.
+        A prefix every prompt shares runs once (`_score_after_prefix`).
         """
         option_ids = torch.tensor(self.option_token_ids(options), device=self.device)
         encoded = self._encode(prompts)
         if any(len(r) == 0 for r in encoded):
             raise ValueError("cannot score an empty prompt")
+        shared = _shared_prefix_len(encoded)
+        if shared >= MIN_SHARED_PREFIX:
+            return self._score_after_prefix(encoded, shared, option_ids, progress)
         scores: list[list[float]] = [[] for _ in encoded]
         for batch in self._batches([len(r) for r in encoded]):
             input_ids, mask = self._left_pad([encoded[k] for k in batch])
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             # logits_to_keep=1: only the last position goes through the LM head (vocab x hidden).
             logits = self.lm(
-                input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=1
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=False,
+                logits_to_keep=1,
             ).logits[:, -1, :]
             logprobs = torch.log_softmax(logits.float(), dim=-1)[:, option_ids].tolist()
+            for k, row in zip(batch, logprobs):
+                scores[k] = row
+            if progress:
+                progress(len(batch))
+        return scores
+
+    def _prefix_cache(self, model: Any, prefix_ids: list[int]) -> tuple[torch.Tensor, Any]:
+        """The prefix as a one-row tensor and the key/value cache `model` computes for it."""
+        prefix = torch.tensor([prefix_ids], dtype=torch.long, device=self.device)
+        return prefix, model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
+
+    def _score_after_prefix(self, encoded: list[list[int]], shared: int, option_ids: torch.Tensor,
+                            progress: ProgressFn | None) -> list[list[float]]:
+        """`score_next_token` with the first `shared` tokens (common to every prompt) run once.
+
+        Suffixes are right-padded: the pads come after every real token, so causal attention never
+        lets a real token see them, and positions continue from the prefix without a shift. Logits
+        are computed only at the positions some row ends on.
+        """
+        _, prefix_cache = self._prefix_cache(self.lm, encoded[0][:shared])
+        scores: list[list[float]] = [[] for _ in encoded]
+        for batch in self._batches([len(r) for r in encoded]):
+            suffixes = [encoded[k][shared:] for k in batch]
+            width = max(len(x) for x in suffixes)
+            input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long, device=self.device)
+            mask = torch.zeros((len(batch), shared + width), dtype=torch.long, device=self.device)
+            mask[:, :shared] = 1
+            for row, suffix in enumerate(suffixes):
+                input_ids[row, :len(suffix)] = torch.tensor(suffix, device=self.device)
+                mask[row, shared:shared + len(suffix)] = 1
+            positions = (torch.arange(width, device=self.device) + shared).expand(len(batch), width)
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(batch))
+            last = torch.tensor([len(x) - 1 for x in suffixes], device=self.device)
+            keep = torch.unique(last)
+            logits = self.lm(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=keep,
+            ).logits
+            rows = logits[
+                torch.arange(len(batch), device=self.device), torch.searchsorted(keep, last)
+            ].float()
+            logprobs = torch.log_softmax(rows, dim=-1)[:, option_ids].tolist()
             for k, row in zip(batch, logprobs):
                 scores[k] = row
             if progress:

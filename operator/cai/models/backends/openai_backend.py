@@ -3,7 +3,7 @@ the OpenAI API (`vllm serve`, SGLang, llama.cpp's server, hosted APIs), kind `op
 
 Created by `cai.models.backends.load_backend` with `endpoint` = the server's base URL
 (e.g. http://vllm.default.svc:8000/v1). The feedback model of a PreferenceModel can live behind
-such an endpoint (DESIGN §1, "beyond the paper").
+such an endpoint (docs/design.md#ai-feedback).
 
 - The API key comes from `OPENAI_API_KEY` (or none); it is handed to the client only and never
   logged or kept on this object.
@@ -19,6 +19,7 @@ such an endpoint (DESIGN §1, "beyond the paper").
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -75,7 +76,9 @@ class OpenAIBackend:
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         if not endpoint:
-            raise ValueError("the openai backend needs an endpoint (the base URL of an OpenAI-compatible server)")
+            raise ValueError(
+                "the openai backend needs an endpoint (the base URL of an OpenAI-compatible server)"
+            )
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         scoring = scoring or _env("CAI_OPENAI_SCORING") or "auto"  # type: ignore[assignment]
@@ -87,7 +90,11 @@ class OpenAIBackend:
         self.served_model = served_model or _env("CAI_OPENAI_SERVED_MODEL") or _default_served_name(model)
         self.tokenizer_ref = tokenizer or _env("CAI_OPENAI_TOKENIZER") or model
         self.scoring: str = scoring
-        retries = max_retries if max_retries is not None else int(_env("CAI_OPENAI_MAX_RETRIES") or DEFAULT_MAX_RETRIES)
+        retries = (
+            max_retries
+            if max_retries is not None
+            else int(_env("CAI_OPENAI_MAX_RETRIES") or DEFAULT_MAX_RETRIES)
+        )
         # Servers without auth (a plain `vllm serve`) ignore the header; the client insists on one.
         self.client = openai.OpenAI(
             base_url=self.endpoint,
@@ -104,7 +111,8 @@ class OpenAIBackend:
         log.info("openai backend: %s served as %r at %s", model, self.served_model, self.endpoint)
 
     def __repr__(self) -> str:  # no client (and so no key) in reprs
-        return f"OpenAIBackend(model={self.model!r}, endpoint={self.endpoint!r}, served_model={self.served_model!r})"
+        return (f"OpenAIBackend(model={self.model!r}, endpoint={self.endpoint!r}, "
+                f"served_model={self.served_model!r})")
 
     # ------------------------------------------------------------------ tokenizer and model name
 
@@ -120,16 +128,18 @@ class OpenAIBackend:
                     self._tok = AutoTokenizer.from_pretrained(resolve_model(self.tokenizer_ref))
                 except Exception as exc:  # noqa: BLE001 - any failure means "no local tokenizer"; kept for the error
                     self._tok_error = f"{type(exc).__name__}: {exc}"
-                    log.info("openai backend: no local tokenizer for %s (%s)", self.tokenizer_ref, self._tok_error)
+                    log.info(
+                        "openai backend: no local tokenizer for %s (%s)", self.tokenizer_ref, self._tok_error
+                    )
             return self._tok
 
     def _require_tokenizer(self, what: str) -> Any:
         tok = self._tokenizer()
         if tok is None:
             raise OpenAIBackendError(
-                f"the openai backend needs {self.tokenizer_ref}'s tokenizer locally to {what}, and it could not be "
-                f"loaded ({self._tok_error}); use a model reference that resolves here (builtin:, hf:, s3://, a "
-                "path) or point CAI_OPENAI_TOKENIZER at one"
+                f"the openai backend needs {self.tokenizer_ref}'s tokenizer locally to {what}, and it "
+                f"could not be loaded ({self._tok_error}); use a model reference that resolves here "
+                "(builtin:, hf:, s3://, a path) or point CAI_OPENAI_TOKENIZER at one"
             )
         return tok
 
@@ -195,7 +205,9 @@ class OpenAIBackend:
 
     def render_chat(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
         tok = self._require_tokenizer("render chat prompts")
-        return tok.apply_chat_template(list(conversation), tokenize=False, add_generation_prompt=add_generation_prompt)
+        return tok.apply_chat_template(
+            list(conversation), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
     def _encode(self, prompt: str) -> list[int]:
         # No special tokens added: rendered prompts carry their own (as in the other backends).
@@ -247,7 +259,7 @@ class OpenAIBackend:
 
         def job(i: int, seed: int | None) -> Completion:
             r = self.client.chat.completions.create(
-                model=self.served_model, messages=list(conversations[i]),  # type: ignore[arg-type]
+                model=self.served_model, messages=list(conversations[i]),
                 **self._request_args(params, seed),
             )
             usage = r.usage
@@ -258,7 +270,7 @@ class OpenAIBackend:
             )
 
         counts = [sum(1 for k, _ in items if k == i) for i in range(len(conversations))]
-        outs = self._run([lambda i=i, s=s: job(i, s) for i, s in items], self._per_prompt(progress, counts))
+        outs = self._run([functools.partial(job, i, s) for i, s in items], self._per_prompt(progress, counts))
         return self._collect(items, outs, len(conversations), n, params.temperature <= 0)
 
     def complete(self, prompts: Sequence[str], params: SamplingParams, n: int = 1,
@@ -270,7 +282,9 @@ class OpenAIBackend:
         if params.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {params.max_new_tokens}")
         self._check_model()
-        payloads: list[Any] = [self._encode(p) for p in prompts] if self._tokenizer() is not None else list(prompts)
+        payloads: list[Any] = (
+            [self._encode(p) for p in prompts] if self._tokenizer() is not None else list(prompts)
+        )
         items = self._samples(params, n, len(prompts))
 
         def job(i: int, seed: int | None) -> Completion:
@@ -285,7 +299,7 @@ class OpenAIBackend:
             )
 
         counts = [sum(1 for k, _ in items if k == i) for i in range(len(prompts))]
-        outs = self._run([lambda i=i, s=s: job(i, s) for i, s in items], self._per_prompt(progress, counts))
+        outs = self._run([functools.partial(job, i, s) for i, s in items], self._per_prompt(progress, counts))
         return self._collect(items, outs, len(prompts), n, params.temperature <= 0)
 
     # ------------------------------------------------------------------ scoring
@@ -322,7 +336,7 @@ class OpenAIBackend:
             return self._run(jobs, self._per_prompt(progress, [1] * len(encoded)))
         k = len(option_ids)
         flat = self._run(
-            [lambda ids=ids, t=t: self._score_echo(ids, t) for ids in encoded for t in option_ids],
+            [functools.partial(self._score_echo, ids, t) for ids in encoded for t in option_ids],
             self._per_prompt(progress, [k] * len(encoded)),
         )
         return [flat[i * k:(i + 1) * k] for i in range(len(encoded))]
@@ -352,8 +366,12 @@ class OpenAIBackend:
     def _score_echo(self, ids: list[int], option_id: int) -> float:
         try:
             r = self.client.completions.create(
-                model=self.served_model, prompt=ids + [option_id], echo=True, max_tokens=self._echo_max_tokens,
-                logprobs=0, temperature=0.0,
+                model=self.served_model,
+                prompt=ids + [option_id],
+                echo=True,
+                max_tokens=self._echo_max_tokens,
+                logprobs=0,
+                temperature=0.0,
             )
         except openai.BadRequestError:
             if self._echo_max_tokens:

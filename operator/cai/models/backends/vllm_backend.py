@@ -129,7 +129,7 @@ def _progress_bar(progress: ProgressFn, seqs_per_prompt: int) -> Callable[..., t
     subclass (not a duck-typed object) keeps working when vLLM reads other bar attributes.
     """
 
-    class _Bar(tqdm):  # type: ignore[misc]
+    class _Bar(tqdm):
         monitor_interval = 0  # no tqdm monitor thread
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -186,7 +186,9 @@ class VLLMBackend:
         env_len = _env("CAI_VLLM_MAX_MODEL_LEN")
         self.max_model_len = max_model_len or (int(env_len) if env_len else _default_max_model_len(config))
         env_mem = _env("CAI_VLLM_GPU_MEMORY_UTILIZATION")
-        memory = gpu_memory_utilization or (float(env_mem) if env_mem else (CPU_MEMORY_UTILIZATION if cpu else None))
+        memory = gpu_memory_utilization or (
+            float(env_mem) if env_mem else (CPU_MEMORY_UTILIZATION if cpu else None)
+        )
         eager = enforce_eager if enforce_eager is not None else _env_bool("CAI_VLLM_ENFORCE_EAGER")
         if eager is None:
             # On CPU, torch.compile warm-up adds 20-60 s to every start for little gain at the batch
@@ -361,7 +363,9 @@ class VLLMBackend:
         """
         sampling = VllmSamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
         requests = [{"prompt_token_ids": ids + [t]} for ids in encoded for t in option_ids]
-        outputs = self._engine().generate(requests, sampling, use_tqdm=self._use_tqdm(progress, len(option_ids)))
+        outputs = self._engine().generate(
+            requests, sampling, use_tqdm=self._use_tqdm(progress, len(option_ids))
+        )
         k = len(option_ids)
         scores: list[list[float]] = []
         for i in range(len(encoded)):

@@ -1,4 +1,4 @@
-"""The AI-feedback labeller (DESIGN §1 items 7-9): comparisons in, soft labels out.
+"""The AI-feedback labeller: comparisons in, soft labels out (docs/design.md, "AI feedback").
 
 Shared by stage `label-preferences` (labels for the preference model), stage `evaluate` (pairwise
 win rates of start / SL-CAI / RL-CAI models) and `bench/labeling.py`. It talks only to the
@@ -10,24 +10,23 @@ in one or both option orders, and each resulting prompt is scored with ONE forwa
 the log-probabilities of the option tokens "A" and "B" right after the answer cue. The soft label
 of a prompt is the softmax over those two log-probs; the order flip turns it into P(responseA is
 better); CoT probabilities are clamped; everything is averaged into `pA`. Text is never generated
-and parsed to get a label (only the CoT reasoning itself is generated). On the transformers
-backend the prompts' shared prefix (system turn, few-shot examples) is computed once per call
-(`prefix_scoring`), as vLLM's prefix caching does on the other backends.
+and parsed to get a label (only the CoT reasoning itself is generated). The prompts' shared prefix
+(system turn, few-shot examples) is computed once per call by every backend (prefix caching).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..api.kinds import ConstitutionSpec, LabelingSpec, PreferencePrinciple
-from ..constitution import feedback as fb
-from ..constitution.sampling import stable_seed
-from ..models.backends.base import Backend, SamplingParams
-from .prefix_scoring import score_options
+from ..constitution.sampling import draw_many, stable_seed
+from ..models.backends import OptionTokenError, load_backend
+from ..models.backends.base import Backend, ProgressFn, SamplingParams
+from . import labels
+from . import prompts as fb
 
-ProgressFn = Callable[[int], None]
 # Where a chain of thought ends: the model starting its own answer line (we append ours).
 COT_STOP = ("The answer is",)
 
@@ -45,6 +44,11 @@ class LabelSettings:
     few_shot_examples: int | None = None
     cot_max_new_tokens: int = 128
     cot_temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        problem = labels.check_clamp(self.clamp)
+        if problem:
+            raise ValueError(problem)
 
     @classmethod
     def from_spec(cls, labeling: LabelingSpec, seed: int) -> LabelSettings:
@@ -81,6 +85,10 @@ class _Job:
     prompt: str  # rendered chat ending with an open assistant turn (no cue yet)
 
 
+class LabellerError(ValueError):
+    """The feedback model cannot label (the message names it and says why; stages show it as is)."""
+
+
 class Labeller:
     """Labels comparisons `{"id", "prompt", "responseA", "responseB", ...}` with a feedback backend.
 
@@ -90,21 +98,20 @@ class Labeller:
 
     def __init__(self, backend: Backend, const: ConstitutionSpec, settings: LabelSettings,
                  principles: Sequence[PreferencePrinciple] | None = None) -> None:
-        problem = fb.check_clamp(settings.clamp)
-        if problem:
-            raise ValueError(problem)
         self.backend = backend
         self.const = const
         self.settings = settings
         self.principles = list(principles) if principles is not None else list(const.preference_principles)
         if not self.principles:
             raise ValueError("no preference principles to label with")
-        self.prefix = fb.few_shot_turns(const, settings.few_shot_examples, settings.seed, settings.chain_of_thought)
+        self.prefix = fb.few_shot_turns(
+            const, settings.few_shot_examples, settings.seed, settings.chain_of_thought
+        )
 
     # ------------------------------------------------------------------ prompts
 
     def principles_for(self, comparison_id: str) -> list[PreferencePrinciple]:
-        return fb.draw_many(self.principles, self.settings.principles_per_comparison, self.settings.seed,
+        return draw_many(self.principles, self.settings.principles_per_comparison, self.settings.seed,
                             "preference", comparison_id)
 
     def rendered(self, comparison: dict[str, Any], principle: PreferencePrinciple, order: str) -> str:
@@ -122,7 +129,9 @@ class Labeller:
 
     # ------------------------------------------------------------------ labelling
 
-    def label(self, comparisons: Sequence[dict[str, Any]], progress: ProgressFn | None = None) -> list[dict[str, Any]]:
+    def label(
+        self, comparisons: Sequence[dict[str, Any]], progress: ProgressFn | None = None
+    ) -> list[dict[str, Any]]:
         """One output row per comparison, in order: the input fields plus `principles`, `pA`,
         `orderScores` (P(responseA better) as read in each order), `scores` (every scored prompt)
         and, with chain of thought, `cot` (the reasoning texts)."""
@@ -142,24 +151,23 @@ class Labeller:
         if s.chain_of_thought:
             reasoning = self._reasonings(jobs, comparisons, progress)
         prompts = [fb.answer_prompt(j.prompt, r) for j, r in zip(jobs, reasoning)]
-        # Shared-prefix fast path on transformers (the few-shot prefix runs once); same numbers.
-        logps = score_options(self.backend, prompts, fb.OPTIONS, progress=progress)
+        logps = self.backend.score_next_token(prompts, fb.OPTIONS, progress=progress)
 
         rows: list[dict[str, Any]] = []
         per_comparison: list[list[tuple[_Job, float, float, str | None]]] = [[] for _ in comparisons]
         for job, (lp_a, lp_b), text in zip(jobs, logps, reasoning):
-            p_first = fb.softmax_first(lp_a, lp_b)
-            p_a = fb.p_response_a(p_first, job.order)
+            p_first = labels.softmax_first(lp_a, lp_b)
+            p_a = labels.p_response_a(p_first, job.order)
             if s.chain_of_thought:
-                p_a = fb.clamp(p_a, s.clamp)
+                p_a = labels.clamp(p_a, s.clamp)
             per_comparison[job.index].append((job, p_first, p_a, text))
         for c, principles, scored in zip(comparisons, drawn, per_comparison):
-            order_scores = {o: fb.mean([p for j, _, p, _ in scored if j.order == o]) for o in s.orders}
+            order_scores = {o: labels.mean([p for j, _, p, _ in scored if j.order == o]) for o in s.orders}
             # Averaging per order first, then over orders, weighs both orders equally.
             row = {
                 **c,
                 "principles": [p.name for p in principles],
-                "pA": fb.mean(list(order_scores.values())),
+                "pA": labels.mean(list(order_scores.values())),
                 "orderScores": order_scores,
                 "scores": [
                     {"principle": principles[j.slot].name, "order": j.order, "sample": j.sample,
@@ -191,18 +199,26 @@ class Labeller:
         return [texts[(j.index, j.slot, j.order, j.sample)] for j in jobs]
 
 
-def validate_labels(rows: Sequence[dict[str, Any]], where: str) -> None:
-    """Every row's pA (and each order score) must be a finite number in [0, 1]; ValueError naming
-    the first bad row otherwise."""
-    for n, row in enumerate(rows):
-        problem = fb.label_problem(row.get("pA"))
-        if problem is None:
-            for order, p in (row.get("orderScores") or {}).items():
-                problem = fb.label_problem(p)
-                if problem:
-                    problem = f"orderScores.{order} {problem}"
-                    break
-        else:
-            problem = f"pA {problem}"
-        if problem:
-            raise ValueError(f"{where}: comparison {row.get('id', n)} has an invalid label: {problem}")
+def open_labeller(kind: str, model: str, endpoint: str | None, batch_size: int, const: ConstitutionSpec,
+                  settings: LabelSettings, first: dict[str, Any],
+                  principles: Sequence[PreferencePrinciple] | None = None) -> Labeller:
+    """Load the feedback backend and score one real prompt, turning every way it can be unusable
+    into a `LabellerError` that names the model (before any bulk work)."""
+    try:
+        backend = load_backend(kind, model, endpoint=endpoint, batch_size=batch_size)
+    except ValueError as e:
+        raise LabellerError(f"feedback model {model}: {e}") from None
+    try:
+        labeller = Labeller(backend, const, settings, principles=principles)
+        labeller.check(first)
+    except OptionTokenError as e:
+        backend.close()
+        raise LabellerError(
+            f"feedback model {model} cannot be used as a labeller: {e}. The labeller reads the "
+            f"log-probabilities of the option letters {' and '.join(fb.OPTIONS)}, which must each be "
+            "one token of its tokenizer."
+        ) from None
+    except ValueError as e:  # no chat template, prompt longer than the model's context, bad clamp
+        backend.close()
+        raise LabellerError(f"feedback model {model} cannot label: {e}") from None
+    return labeller

@@ -1,11 +1,9 @@
-"""RL-CAI feedback prompts (DESIGN §1 items 7-9): the multiple-choice question a feedback model
-answers for one comparison, its few-shot examples, the answer cue and the chain-of-thought cue.
+"""AI-feedback prompts: the multiple-choice question a feedback model answers for one comparison,
+its few-shot examples, the answer cue and the chain-of-thought cue (docs/design.md, "AI feedback").
 
-Pure text and arithmetic: no model, no backend. `cai.stages.labeller` renders these conversations
-through the feedback model's chat template, appends the cue as the start of the assistant turn and
-reads the option tokens' log-probabilities; this module also holds the arithmetic that turns those
-log-probabilities into the soft label (softmax over the options, order flip, clamping, averaging),
-so it can be tested without a model.
+Pure text: no model, no backend. `cai.feedback.labeller` renders these conversations through the
+feedback model's chat template, appends the cue as the start of the assistant turn and reads the
+option tokens' log-probabilities; `cai.feedback.labels` turns those into the soft label.
 
 Prompt of one comparison, as in Bai et al. 2022 §4.1 (our wording of the frame is theirs; the
 principle questions are the constitution's)::
@@ -25,13 +23,9 @@ writes its reasoning, and the answer cue follows the reasoning.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-
 from ..api.kinds import ConstitutionSpec, PreferenceExample, PreferencePrinciple
-from .sampling import draw, draw_many
-
-Conversation = list[dict[str, str]]
+from ..constitution.sampling import draw, draw_many
+from ..models.backends.base import Conversation
 
 OPTIONS: tuple[str, str] = ("A", "B")
 FRAME = "Consider the following conversation between a human and an assistant:"
@@ -56,7 +50,7 @@ def question_text(prompt: str, question: str, first: str, second: str) -> str:
 
 
 def answer_text(letter: str, reasoning: str | None = None) -> str:
-    """A finished assistant answer (used by few-shot examples): optional reasoning, then the cue and letter."""
+    """A finished assistant answer (few-shot examples): optional reasoning, then the cue and the letter."""
     if reasoning is not None:
         return f"{COT_CUE} {reasoning.strip()}\n{ANSWER_CUE}{letter})"
     return f"{ANSWER_CUE}{letter})"
@@ -69,21 +63,29 @@ def few_shot_principles(const: ConstitutionSpec, n: int | None, seed: int) -> li
     return [draw(const.preference_principles, seed, "preference-few-shot", i) for i in range(len(examples))]
 
 
-def few_shot_turns(const: ConstitutionSpec, n: int | None, seed: int, chain_of_thought: bool = False) -> Conversation:
+def few_shot_turns(
+    const: ConstitutionSpec, n: int | None, seed: int, chain_of_thought: bool = False
+) -> Conversation:
     """The constitution's worked comparisons as earlier chat turns, each with its own answer
     (and its reasoning when labelling with chain of thought). `n` None means all of them."""
     examples: list[PreferenceExample] = const.few_shot.preference[: n if n is not None else None]
     turns: Conversation = []
     for ex, principle in zip(examples, few_shot_principles(const, n, seed)):
-        turns.append({"role": "user", "content": question_text(ex.prompt, principle.question, ex.response_a, ex.response_b)})
+        turns.append(
+            {
+                "role": "user",
+                "content": question_text(ex.prompt, principle.question, ex.response_a, ex.response_b),
+            }
+        )
         # An example without reasoning still answers in CoT mode: better than dropping the example.
         reasoning = ex.reasoning if chain_of_thought and ex.reasoning.strip() else None
         turns.append({"role": "assistant", "content": answer_text(ex.answer, reasoning)})
     return turns
 
 
-def comparison_conversation(prefix: Conversation, prompt: str, question: str, response_a: str, response_b: str,
-                            order: str) -> Conversation:
+def comparison_conversation(
+    prefix: Conversation, prompt: str, question: str, response_a: str, response_b: str, order: str
+) -> Conversation:
     """Few-shot turns plus the comparison's question, with the responses shown in `order`."""
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
@@ -104,67 +106,8 @@ def cot_prompt(rendered: str) -> str:
     return rendered + COT_CUE
 
 
-def principles_for(const: ConstitutionSpec, k: int, seed: int, comparison_id: str) -> list[PreferencePrinciple]:
+def principles_for(
+    const: ConstitutionSpec, k: int, seed: int, comparison_id: str
+) -> list[PreferencePrinciple]:
     """The k principles a comparison is labelled with (paper: one at random per comparison)."""
     return draw_many(const.preference_principles, k, seed, "preference", comparison_id)
-
-
-# --- label arithmetic ---------------------------------------------------------------------------
-
-
-def softmax_first(logp_first: float, logp_second: float) -> float:
-    """P(first option) = softmax over the two option log-probs (the soft label of one scored prompt).
-
-    Renormalising over the options is what makes it a label: the rest of the vocabulary's mass
-    (tokens other than A/B) drops out. Computed stably for very negative log-probs.
-    """
-    if not (math.isfinite(logp_first) and math.isfinite(logp_second)):
-        # -inf for both would be 0/0; a single -inf is a legitimate certainty.
-        if logp_first == logp_second:
-            return math.nan
-        return 1.0 if logp_first > logp_second else 0.0
-    d = logp_second - logp_first
-    if d > 0:
-        e = math.exp(-d)
-        return e / (1.0 + e)
-    return 1.0 / (1.0 + math.exp(d))
-
-
-def p_response_a(p_first: float, order: str) -> float:
-    """P(responseA is better) from the probability of the option shown first."""
-    return p_first if order == "AB" else 1.0 - p_first
-
-
-def clamp(p: float, bounds: Sequence[float]) -> float:
-    """Chain-of-thought probabilities are near 0/1; the paper clamps them to [0.4, 0.6]."""
-    lo, hi = float(bounds[0]), float(bounds[1])
-    return min(max(p, lo), hi)
-
-
-def check_clamp(bounds: Sequence[float]) -> str | None:
-    """Why `bounds` is not a usable clamp (it must be [lo, hi] with 0 <= lo <= 0.5 <= hi <= 1), or None."""
-    if len(bounds) != 2:
-        return f"clamp must be [lo, hi], got {list(bounds)}"
-    lo, hi = bounds
-    if not all(isinstance(b, (int, float)) and math.isfinite(b) for b in (lo, hi)):
-        return f"clamp bounds must be finite numbers, got {list(bounds)}"
-    if not 0.0 <= lo <= 0.5 <= hi <= 1.0:
-        return f"clamp must satisfy 0 <= lo <= 0.5 <= hi <= 1 (a neutral 0.5 must stay reachable), got {list(bounds)}"
-    return None
-
-
-def mean(values: Sequence[float]) -> float:
-    if not values:
-        raise ValueError("mean of no values")
-    return sum(values) / len(values)
-
-
-def label_problem(p: object) -> str | None:
-    """Why `p` is not a valid soft label (finite float in [0, 1]), or None."""
-    if isinstance(p, bool) or not isinstance(p, (int, float)):
-        return f"not a number ({p!r})"
-    if not math.isfinite(p):
-        return f"not finite ({p})"
-    if not 0.0 <= p <= 1.0:
-        return f"outside [0, 1] ({p})"
-    return None
