@@ -18,6 +18,7 @@ from .training import (
     common_args,
     deepspeed_config,
     is_main_process,
+    keep_checkpoints,
     last_checkpoint,
     loss_curve,
     nan_guard,
@@ -90,7 +91,7 @@ def run(ctx: StageContext[CritiqueRunSpec]) -> StageResult:
         train_dataset=datasets.Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=lora_config(ft.lora) if ft.lora else None,
-        callbacks=[guard],
+        callbacks=[guard, keep_checkpoints(ctx, checkpoints)],
     )
     resume = last_checkpoint(checkpoints)
     if resume:

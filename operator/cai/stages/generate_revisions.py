@@ -158,11 +158,11 @@ def run(ctx: StageContext[CritiqueRunSpec]) -> StageResult:
             chains = checkpointed(
                 prompts, CHUNK, chunk_dir, "red",
                 lambda chunk, i: _critique_chain(backend, const, spec, chunk, i, counter, progress),
-                skipped=lambda chunk: progress.advance(len(chunk) * rounds))
+                skipped=lambda chunk: progress.advance(len(chunk) * rounds), saved=ctx.keep)
             helpful = checkpointed(
                 helpful_prompts, CHUNK, chunk_dir, "helpful",
                 lambda chunk, i: _helpful_samples(backend, spec, chunk, i, counter, progress),
-                skipped=lambda chunk: progress.advance(len(chunk)))
+                skipped=lambda chunk: progress.advance(len(chunk)), saved=ctx.keep)
     finally:
         backend.close()
     elapsed = time.monotonic() - started

@@ -79,7 +79,8 @@ def run(ctx: StageContext[PreferenceModelSpec]) -> StageResult:
     try:
         with ctx.progress("scored prompts", len(pairs) * per_comparison, "prompts") as progress:
             rows = checkpointed(pairs, CHUNK, ctx.work_dir / "chunks", "labels", label,
-                                skipped=lambda chunk: progress.advance(len(chunk) * per_comparison))
+                                skipped=lambda chunk: progress.advance(len(chunk) * per_comparison),
+                                saved=ctx.keep)
     finally:
         labeller.backend.close()
     elapsed = time.monotonic() - started

@@ -2,7 +2,9 @@
 
 Resume: a stage's output manifest records `inputsDigest` (its spec, constitution, models and input
 manifests); an identical digest means the work is done. Within a stage, long loops checkpoint into
-`ctx.work_dir` (kept across attempts, removed after success) and pick up where they stopped.
+`ctx.work_dir` (kept across attempts, removed after success) and pick up where they stopped. With a
+remote output, what a stage keeps (`ctx.keep`) is also mirrored to object storage (store/worksync.py),
+so a new pod of the stage (a retry, a preempted or resumed pod) starts from the last checkpoint.
 Failures write a one-line reason to the pod's termination log so the operator can show it.
 """
 
@@ -27,7 +29,7 @@ from ..api.kinds import STAGES, ConstitutionSpec
 from ..models.cache import cache_dir
 from ..pipeline.stagespec import StageSpec
 from ..progress import ProgressReporter
-from ..store import commit_artifact, download_artifact, local_path, manifest_digest, read_manifest
+from ..store import WorkSync, commit_artifact, download_artifact, local_path, manifest_digest, read_manifest
 
 TERMINATION_LOG = Path(os.environ.get("CAI_TERMINATION_LOG", "/dev/termination-log"))
 
@@ -54,10 +56,35 @@ class StageContext(Generic[SpecT]):
     spec: SpecT  # the resource's spec, typed (validated once, from `stage.spec`)
     out_dir: Path  # write the artifact's files here
     work_dir: Path  # checkpoints and scratch, kept until the stage succeeds
+    work: WorkSync | None = None  # the work's copy in object storage (remote outputs only)
 
     @classmethod
-    def of(cls, stage: StageSpec, out_dir: Path, work_dir: Path) -> StageContext[Any]:
-        return StageContext(stage=stage, spec=stage.typed_spec(), out_dir=out_dir, work_dir=work_dir)
+    def of(cls, stage: StageSpec, out_dir: Path, work_dir: Path,
+           work: WorkSync | None = None) -> StageContext[Any]:
+        return StageContext(stage=stage, spec=stage.typed_spec(), out_dir=out_dir, work_dir=work_dir,
+                            work=work)
+
+    def keep(self, path: Path) -> None:
+        """Keep finished work under `work_dir` (a chunk file, a checkpoint directory) beyond this pod.
+
+        A failed upload is reported, not fatal: the work is still here, only a new pod would redo it."""
+        if self.work is None:
+            return
+        try:
+            self.work.keep(path)
+        except Exception as e:  # noqa: BLE001 — storage trouble must not stop the work itself
+            self.log(f"warning: could not keep {path.name} in {self.work.uri} ({type(e).__name__}: {e}); "
+                     "a new pod of this stage would redo that work")
+
+    def forget_rotated(self, parent: Path) -> None:
+        """Drop kept directories under `parent` that the stage removed locally (rotated checkpoints)."""
+        if self.work is None:
+            return
+        try:
+            self.work.prune(parent)
+        except Exception as e:  # noqa: BLE001 — a stale copy only costs storage
+            self.log(f"warning: could not remove rotated work under {self.work.uri} "
+                     f"({type(e).__name__}: {e})")
 
     def constitution(self) -> ConstitutionSpec:
         return self.stage.typed_constitution()
@@ -164,8 +191,15 @@ def run_stage(name: str, spec_path: str, force: bool = False) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     _ignore_known_warnings()
+    work = WorkSync.for_output(spec.output, work_dir, int(os.environ.get("RANK", "0")),
+                               int(os.environ.get("WORLD_SIZE", "1")))
     try:
-        ctx = StageContext.of(spec, out_dir, work_dir)
+        if work is not None:
+            restored = work.restore()
+            if restored:
+                print(f"[{name}] restored earlier work from {work.uri}: {', '.join(restored)}",
+                      file=sys.stderr)
+        ctx = StageContext.of(spec, out_dir, work_dir, work)
         module = importlib.import_module(STAGES[name][1].module)
         result: StageResult = module.run(ctx)
     except StageError as e:
@@ -199,6 +233,11 @@ def run_stage(name: str, spec_path: str, force: bool = False) -> int:
         extra={"models": spec.models},
     )
     shutil.rmtree(work_dir, ignore_errors=True)
+    if work is not None:
+        try:
+            work.clear()
+        except Exception as e:  # noqa: BLE001 — published already; a stale copy only costs storage
+            print(f"[{name}] warning: could not remove {work.uri} ({type(e).__name__}: {e})", file=sys.stderr)
     print(
         f"[{name}] wrote {spec.output} ({len(manifest['files'])} files) {json.dumps(metrics)}",
         file=sys.stderr,

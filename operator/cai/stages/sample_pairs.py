@@ -60,7 +60,7 @@ def run(ctx: StageContext[PreferenceModelSpec]) -> StageResult:
     try:
         with ctx.progress("pairs", len(prompts), "prompts") as progress:
             rows = checkpointed(prompts, CHUNK, ctx.work_dir / "chunks", "pairs", sample,
-                                skipped=lambda chunk: progress.advance(len(chunk)))
+                                skipped=lambda chunk: progress.advance(len(chunk)), saved=ctx.keep)
     finally:
         backend.close()
     elapsed = time.monotonic() - started

@@ -33,6 +33,7 @@ from .training import (
     common_args,
     deepspeed_config,
     is_main_process,
+    keep_checkpoints,
     last_checkpoint,
     nan_guard,
     raise_if_nan,
@@ -225,7 +226,7 @@ def run(ctx: StageContext[RLAIFRunSpec]) -> StageResult:
         reward_tokenizer,
         prompts,
         common_args(checkpoints, spec.seed, ds_config),
-        callbacks=[guard, logger],
+        callbacks=[guard, logger, keep_checkpoints(ctx, checkpoints, log_path)],
     )
     logger.trainer = trainer
     resume = last_checkpoint(checkpoints)

@@ -51,6 +51,7 @@ from .training import (
     common_args,
     deepspeed_config,
     is_main_process,
+    keep_checkpoints,
     last_checkpoint,
     loss_curve,
     nan_guard,
@@ -244,7 +245,7 @@ def run(ctx: StageContext[PreferenceModelSpec]) -> StageResult:
         train_dataset=datasets.Dataset.from_list(train_data),
         processing_class=tokenizer,
         data_collator=collator_cls(pad_token_id=tokenizer.pad_token_id),
-        callbacks=[guard],
+        callbacks=[guard, keep_checkpoints(ctx, checkpoints)],
     )
     resume = last_checkpoint(checkpoints)
     if resume:

@@ -15,7 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from ..store import filesystem
-from .runtime import StageError
+from .runtime import StageContext, StageError
+
+# Steps between trainer checkpoints (CAI_CHECKPOINT_STEPS overrides): what a new pod of a training stage
+# can lose at most. Each checkpoint of a remote-output stage is also uploaded (StageContext.keep).
+CHECKPOINT_STEPS = 50
 
 DEEPSPEED_PRESETS: dict[str, dict[str, Any]] = {
     "zero2": {
@@ -93,7 +97,7 @@ def common_args(output_dir: Path, seed: int, deepspeed: dict[str, Any] | None) -
         # default, which would hide a NaN from `nan_guard`.
         "logging_nan_inf_filter": False,
         "save_strategy": "steps",
-        "save_steps": 50,
+        "save_steps": checkpoint_steps(),
         "save_total_limit": 2,
         "save_only_model": False,
         "disable_tqdm": True,
@@ -103,6 +107,33 @@ def common_args(output_dir: Path, seed: int, deepspeed: dict[str, Any] | None) -
     if deepspeed is not None:
         args["deepspeed"] = deepspeed
     return args
+
+
+def checkpoint_steps() -> int:
+    value = os.environ.get("CAI_CHECKPOINT_STEPS", str(CHECKPOINT_STEPS))
+    if not value.isdigit() or int(value) < 1:
+        raise StageError(f"CAI_CHECKPOINT_STEPS: expected a positive number of steps, got {value!r}")
+    return int(value)
+
+
+def keep_checkpoints(ctx: StageContext[Any], checkpoint_dir: Path, *files: Path):
+    """A callback that keeps each checkpoint the trainer saves beyond this pod (ctx.keep; every rank
+    its own part), with `files` of the work dir the stage appends to (rank 0), and forgets rotated ones."""
+    from transformers import TrainerCallback
+
+    class KeepCheckpoints(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            saved = checkpoint_dir / f"checkpoint-{state.global_step}"
+            if saved.is_dir():
+                ctx.keep(saved)
+            if is_main_process():
+                for f in files:
+                    if f.is_file():
+                        ctx.keep(f)
+                ctx.forget_rotated(checkpoint_dir)
+            return control
+
+    return KeepCheckpoints()
 
 
 def last_checkpoint(checkpoint_dir: Path) -> str | None:

@@ -17,9 +17,11 @@ from .artifacts import (
 from .fs import filesystem, join, local_path
 from .jsonl import checkpointed, parse_jsonl, read_jsonl, write_jsonl
 from .layout import artifact_uri, resource_root, status_uri
+from .worksync import WorkSync
 
 __all__ = [
     "MANIFEST",
+    "WorkSync",
     "artifact_uri",
     "checkpointed",
     "commit_artifact",

@@ -34,10 +34,12 @@ def write_jsonl(path: Path, rows: Iterable[Row]) -> None:
 
 def checkpointed(items: Sequence[T], size: int, directory: Path, name: str,
                  compute: Callable[[list[T], int], list[Row]],
-                 skipped: Callable[[list[T]], None] = lambda chunk: None) -> list[Row]:
+                 skipped: Callable[[list[T]], None] = lambda chunk: None,
+                 saved: Callable[[Path], None] = lambda path: None) -> list[Row]:
     """`compute(chunk, index)` over `items` in chunks of `size`, in order, each chunk's rows saved as
-    `directory/<name>-<index>.jsonl`. A chunk saved by an earlier attempt is read back instead of
-    computed, and passed to `skipped` (to advance a progress bar). All rows, in order."""
+    `directory/<name>-<index>.jsonl` and passed to `saved` (to keep it beyond this process). A chunk
+    saved by an earlier attempt is read back instead of computed, and passed to `skipped` (to advance a
+    progress bar). All rows, in order."""
     rows: list[Row] = []
     for index, start in enumerate(range(0, len(items), size)):
         chunk = list(items[start:start + size])
@@ -48,5 +50,6 @@ def checkpointed(items: Sequence[T], size: int, directory: Path, name: str,
             continue
         done = compute(chunk, index)
         write_jsonl(path, done)
+        saved(path)
         rows += done
     return rows
