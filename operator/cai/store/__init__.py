@@ -17,9 +17,11 @@ from .artifacts import (
 from .fs import filesystem, join, local_path
 from .jsonl import checkpointed, parse_jsonl, read_jsonl, write_jsonl
 from .layout import artifact_uri, resource_root, status_uri
+from .paths import UnsafePathError, safe_relpath
 
 __all__ = [
     "MANIFEST",
+    "UnsafePathError",
     "artifact_uri",
     "checkpointed",
     "commit_artifact",
@@ -34,6 +36,7 @@ __all__ = [
     "read_jsonl",
     "read_manifest",
     "resource_root",
+    "safe_relpath",
     "status_uri",
     "write_json",
     "write_jsonl",

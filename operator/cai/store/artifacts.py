@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .fs import filesystem, join, local_path
+from .paths import check_manifest_paths, inside
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
@@ -32,15 +33,19 @@ def file_digest(path: Path) -> str:
 
 
 def read_manifest(uri: str) -> dict[str, Any] | None:
-    """The artifact's manifest, or None when the artifact does not (fully) exist."""
+    """The artifact's manifest, or None when the artifact does not (fully) exist.
+
+    Raises UnsafePathError (a ValueError) when a listed file path would leave the artifact directory.
+    """
     fs, path = filesystem(uri)
     target = f"{path}/{MANIFEST}"
     try:
         with fs.open(target, "rb") as f:
             manifest: dict[str, Any] = json.loads(f.read())
-            return manifest
     except FileNotFoundError:
         return None
+    check_manifest_paths(manifest, f"{uri}/{MANIFEST}")
+    return manifest
 
 
 def manifest_digest(uri: str) -> str | None:
@@ -141,7 +146,7 @@ def download_artifact(uri: str, dest: Path) -> Path:
 
     file:// artifacts are used in place. Remote ones are copied to `dest`; files already there with
     the right sha256 are not fetched again. Raises FileNotFoundError when the artifact is absent and
-    ValueError on a checksum mismatch.
+    ValueError on a checksum mismatch or a file path that would leave `dest` (UnsafePathError).
     """
     manifest = read_manifest(uri)
     if manifest is None:
@@ -152,7 +157,7 @@ def download_artifact(uri: str, dest: Path) -> Path:
     fs, path = filesystem(uri)
     dest.mkdir(parents=True, exist_ok=True)
     for f in manifest["files"]:
-        target = dest / f["path"]
+        target = inside(dest, f["path"], f"{uri}/{MANIFEST}")
         if target.exists() and target.stat().st_size == f["bytes"] and file_digest(target) == f["sha256"]:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,59 @@
+"""The store stays inside its directories and survives faults (issue 12): manifest paths cannot
+escape, only s3:// and file:// stores, publishing keeps the previous version readable, local state
+writes are atomic and unique per writer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from cai.store import UnsafePathError, artifacts, download_artifact, read_manifest
+
+
+def _hand_made_artifact(root: Path, rel: str, payload: bytes = b"owned") -> str:
+    """A file:// artifact whose manifest (written by hand, not by commit_artifact) lists `rel`."""
+    root.mkdir(parents=True)
+    manifest = {"schemaVersion": 1, "kind": "dataset", "inputsDigest": "d",
+                "files": [{"path": rel, "sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}]}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root.as_uri()
+
+
+@pytest.mark.parametrize("rel", ["../../x", "/etc/x", "a/../../x", "a\\..\\x", ""])
+def test_manifest_paths_that_leave_the_artifact_are_refused_on_read_and_download(tmp_path, monkeypatch, rel):
+    uri = _hand_made_artifact(tmp_path / "store" / "ns" / "stage", rel)
+    (tmp_path / "store" / "x").write_bytes(b"owned")  # what `../../x` names, so a fetch would succeed
+    with pytest.raises(UnsafePathError, match=r"manifest\.json lists an unsafe file path"):
+        read_manifest(uri)
+    # Download as from a remote store (file:// is otherwise used in place).
+    monkeypatch.setattr(artifacts, "local_path", lambda _uri: None)
+    dest = tmp_path / "work" / "inputs" / "in"
+    with pytest.raises(UnsafePathError):
+        download_artifact(uri, dest)
+    assert not (tmp_path / "work" / "x").exists() and not (tmp_path / "x").exists()
+
+
+def test_download_refuses_a_path_that_resolves_outside_through_a_symlink(tmp_path, monkeypatch):
+    uri = _hand_made_artifact(tmp_path / "store" / "stage", "sub/x")
+    (tmp_path / "store" / "stage" / "sub").mkdir()
+    (tmp_path / "store" / "stage" / "sub" / "x").write_bytes(b"owned")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "sub").symlink_to(outside)  # left by an earlier, hostile download
+    monkeypatch.setattr(artifacts, "local_path", lambda _uri: None)
+    with pytest.raises(UnsafePathError, match="resolves outside"):
+        download_artifact(uri, dest)
+    assert list(outside.iterdir()) == []
+
+
+def test_safe_manifest_paths_download(tmp_path, monkeypatch):
+    uri = _hand_made_artifact(tmp_path / "store" / "stage", "sub/./x")
+    (tmp_path / "store" / "stage" / "sub").mkdir()
+    (tmp_path / "store" / "stage" / "sub" / "x").write_bytes(b"owned")
+    monkeypatch.setattr(artifacts, "local_path", lambda _uri: None)
+    assert (download_artifact(uri, tmp_path / "dest") / "sub" / "x").read_bytes() == b"owned"
