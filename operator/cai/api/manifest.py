@@ -22,6 +22,10 @@ from .common import ObjectStatus
 from .kinds import KINDS, KindInfo, RunCommon, RunStatus
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# metadata.uid becomes a directory of the store's layout: a token that cannot be a path (the apiserver's
+# UUIDs match; '/', '..' and leading dots do not).
+UID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+DNS_LABEL = "expected a DNS-1123 label (lowercase letters, digits, '-', at most 63 characters)"
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -241,15 +245,9 @@ def parse_resource(
     if kind not in KINDS:
         problems.append(Problem(file, obj, "kind", f"expected one of {', '.join(KINDS)}, got {kind!r}"))
         return None, problems
-    if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > 63:
-        problems.append(
-            Problem(
-                file,
-                obj,
-                "metadata.name",
-                "expected a DNS-1123 label (lowercase letters, digits, '-', at most 63 characters)",
-            )
-        )
+    if not _dns_label(name):
+        problems.append(Problem(file, obj, "metadata.name", DNS_LABEL))
+    problems.extend(Problem(file, obj, path, msg) for path, msg in _metadata_paths(meta))
     unknown_top = set(doc) - {"apiVersion", "kind", "metadata", "spec", "status"}
     for key in sorted(unknown_top):
         problems.append(
@@ -292,6 +290,24 @@ def parse_resource(
         ),
         problems,
     )
+
+
+def _dns_label(value: object) -> bool:
+    return isinstance(value, str) and len(value) <= 63 and NAME_RE.match(value) is not None
+
+
+def _metadata_paths(meta: object) -> list[tuple[str, str]]:
+    """Problems with the metadata fields that become directories of the store (namespace, uid)."""
+    if not isinstance(meta, dict):
+        return [("metadata", "expected an object (mapping)")]
+    out = []
+    if meta.get("namespace") is not None and not _dns_label(meta["namespace"]):
+        out.append(("metadata.namespace", f"{DNS_LABEL}, got {meta['namespace']!r}"))
+    uid = meta.get("uid")
+    if uid is not None and not (isinstance(uid, str) and UID_RE.match(uid)):
+        expected = "expected a token of letters, digits, '-' and '_' (at most 128 characters, like a UUID)"
+        out.append(("metadata.uid", f"{expected}, got {uid!r}"))
+    return out
 
 
 def rule_violations(model: ApiModel, path: str) -> list[tuple[str, str]]:
