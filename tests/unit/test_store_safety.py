@@ -10,7 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from cai.store import UnsafePathError, artifacts, download_artifact, read_manifest
+from cai.cli import main
+from cai.data.prompts import check_source
+from cai.store import (
+    StoreURIError,
+    UnsafePathError,
+    artifacts,
+    download_artifact,
+    filesystem,
+    local_path,
+    read_manifest,
+)
 
 
 def _hand_made_artifact(root: Path, rel: str, payload: bytes = b"owned") -> str:
@@ -57,3 +67,30 @@ def test_safe_manifest_paths_download(tmp_path, monkeypatch):
     (tmp_path / "store" / "stage" / "sub" / "x").write_bytes(b"owned")
     monkeypatch.setattr(artifacts, "local_path", lambda _uri: None)
     assert (download_artifact(uri, tmp_path / "dest") / "sub" / "x").read_bytes() == b"owned"
+
+
+@pytest.mark.parametrize("uri", ["memory://x", "http://example.com/a", "ftp://h/x", "gcs://b/p", "nosuch://x"])
+def test_only_s3_and_file_stores_are_accepted(uri):
+    with pytest.raises(StoreURIError) as e:
+        filesystem(uri)
+    assert uri in str(e.value) and "s3://bucket/prefix, file:///path or a plain path" in str(e.value)
+
+
+def test_cli_store_option_refuses_other_schemes_without_a_traceback(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["status", "--store", "memory://bucket/x"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "unsupported storage URI 'memory://bucket/x'" in err and "Traceback" not in err
+
+
+def test_relative_file_uri_is_relative_to_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert local_path("file://./artifacts") == tmp_path.resolve() / "artifacts"
+    assert local_path("file://localhost/srv/x") == Path("/srv/x")
+    assert filesystem("s3://bucket/p/")[1] == "bucket/p" and local_path("file:///a/b/") == Path("/a/b")
+
+
+def test_prompt_source_with_another_scheme_is_a_problem_not_a_traceback():
+    problem = check_source("http://example.com/prompts.jsonl")
+    assert problem is not None and "unsupported storage URI" in problem

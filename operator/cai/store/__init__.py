@@ -14,15 +14,17 @@ from .artifacts import (
     read_manifest,
     write_json,
 )
-from .fs import filesystem, join, local_path
+from .fs import StoreURIError, check_uri, filesystem, join, local_path
 from .jsonl import checkpointed, parse_jsonl, read_jsonl, write_jsonl
 from .layout import artifact_uri, resource_root, status_uri
 from .paths import UnsafePathError, safe_relpath
 
 __all__ = [
     "MANIFEST",
+    "StoreURIError",
     "UnsafePathError",
     "artifact_uri",
+    "check_uri",
     "checkpointed",
     "commit_artifact",
     "download_artifact",
