@@ -7,6 +7,7 @@ A manifest is data that anyone with write access to the store can forge; a path 
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 
 class UnsafePathError(ValueError):
@@ -32,7 +33,7 @@ def inside(root: Path, rel: str, where: str) -> Path:
     return target
 
 
-def check_manifest_paths(manifest: dict, where: str) -> None:
+def check_manifest_paths(manifest: dict[str, Any], where: str) -> None:
     """Every `files[].path` of a manifest is a safe relative path (raises UnsafePathError)."""
     files = manifest.get("files", [])
     if not isinstance(files, list):
