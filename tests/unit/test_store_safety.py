@@ -16,6 +16,7 @@ from cai.store import (
     StoreURIError,
     UnsafePathError,
     artifacts,
+    commit_artifact,
     download_artifact,
     filesystem,
     local_path,
@@ -94,3 +95,59 @@ def test_relative_file_uri_is_relative_to_the_working_directory(tmp_path, monkey
 def test_prompt_source_with_another_scheme_is_a_problem_not_a_traceback():
     problem = check_source("http://example.com/prompts.jsonl")
     assert problem is not None and "unsupported storage URI" in problem
+
+
+def _commit(src: Path, uri: str, digest: str) -> dict:
+    return commit_artifact(src, uri, kind="dataset", producer={"stage": "s"}, inputs=[], inputs_digest=digest)
+
+
+def _v1_then_v2(tmp_path: Path) -> tuple[Path, str]:
+    src = tmp_path / "work"
+    src.mkdir()
+    (src / "a.txt").write_text("alpha-1")
+    (src / "b.txt").write_text("beta-1")
+    (src / "gone.txt").write_text("only in v1")
+    uri = (tmp_path / "store" / "x").as_uri()
+    _commit(src, uri, "v1")
+    (src / "a.txt").write_text("alpha-2")
+    (src / "b.txt").write_text("beta-2")
+    (src / "gone.txt").unlink()
+    return src, uri
+
+
+@pytest.mark.parametrize("remote", [True, False])
+def test_upload_that_dies_half_way_leaves_the_previous_version_readable(tmp_path, monkeypatch, remote):
+    src, uri = _v1_then_v2(tmp_path)
+    calls = []
+
+    def dies_on_second_file(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise OSError("connection reset (store went down)")
+        return real(*args, **kwargs)
+
+    if remote:  # s3-like path: files go through fs.put_file
+        monkeypatch.setattr(artifacts, "local_path", lambda _uri: None)
+        fs_cls = type(filesystem(uri)[0])
+        real = fs_cls.put_file
+        monkeypatch.setattr(fs_cls, "put_file", lambda self, *a, **k: dies_on_second_file(self, *a, **k))
+    else:
+        real = artifacts.shutil.copyfile
+        monkeypatch.setattr(artifacts.shutil, "copyfile", dies_on_second_file)
+    with pytest.raises(OSError, match="connection reset"):
+        _commit(src, uri, "v2")
+    monkeypatch.undo()
+    assert read_manifest(uri)["inputsDigest"] == "v1"
+    monkeypatch.setattr(artifacts, "local_path", lambda _uri: None)  # download and verify every checksum
+    old = download_artifact(uri, tmp_path / "reader")
+    assert [(old / n).read_text() for n in ("a.txt", "b.txt", "gone.txt")] == ["alpha-1", "beta-1", "only in v1"]
+
+
+def test_publishing_replaces_the_version_and_leaves_no_staging_or_stale_files(tmp_path, monkeypatch):
+    src, uri = _v1_then_v2(tmp_path)
+    monkeypatch.setattr(artifacts, "local_path", lambda _uri: None)
+    _commit(src, uri, "v2")
+    store = tmp_path / "store" / "x"
+    assert read_manifest(uri)["inputsDigest"] == "v2"
+    assert sorted(p.name for p in store.iterdir()) == ["a.txt", "b.txt", "manifest.json"]
+    assert (store / "a.txt").read_text() == "alpha-2"

@@ -87,7 +87,8 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     uri = check_uri(uri)
     if uri.startswith("s3://"):
         return fsspec.filesystem("s3", **s3_options()), uri[len("s3://"):]
-    return fsspec.filesystem("file"), urlparse(uri).path
+    # auto_mkdir: writes create parent directories, as they appear to on S3.
+    return fsspec.filesystem("file", auto_mkdir=True), urlparse(uri).path
 
 
 def join(uri: str, *parts: str) -> str:
