@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from cai.store import (
     filesystem,
     local_path,
     read_manifest,
+    write_json,
 )
 
 
@@ -151,3 +153,25 @@ def test_publishing_replaces_the_version_and_leaves_no_staging_or_stale_files(tm
     assert read_manifest(uri)["inputsDigest"] == "v2"
     assert sorted(p.name for p in store.iterdir()) == ["a.txt", "b.txt", "manifest.json"]
     assert (store / "a.txt").read_text() == "alpha-2"
+
+
+def test_concurrent_writers_of_one_json_file_do_not_collide(tmp_path):
+    """Two writers of one status.json: each has its own temp file, so neither fails nor leaves a mix."""
+    target = tmp_path / "ns" / "status.json"
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(300):
+                write_json(target.as_uri(), {"writer": n, "i": i, "pad": "x" * 2000})
+        except BaseException as e:  # noqa: BLE001 — collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert json.loads(target.read_text())["i"] == 299
+    assert [p.name for p in target.parent.iterdir()] == ["status.json"]  # no temp file left behind

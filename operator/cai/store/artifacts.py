@@ -76,9 +76,17 @@ def write_json(uri: str, data: Any) -> None:
     lp = local_path(uri)
     if lp is not None:
         lp.parent.mkdir(parents=True, exist_ok=True)
-        tmp = lp.with_suffix(lp.suffix + ".tmp")
-        tmp.write_bytes(payload)
-        tmp.replace(lp)
+        # A temp file of its own per writer (two writers of one status.json must not share one), in the
+        # same directory so the rename is atomic: readers see the old or the new document, never a mix.
+        # ("x": created here, with the usual permissions, unlike mkstemp's 0600.)
+        tmp = lp.parent / f".{lp.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
+        try:
+            with open(tmp, "xb") as f:
+                f.write(payload)
+            os.replace(tmp, lp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return
     fs, path = filesystem(uri)
     with fs.open(path, "wb") as f:
