@@ -3,12 +3,15 @@ status files are written atomically per writer and reported when damaged, one ru
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
 from cai.api.manifest import parse_resource
+from cai.cli import main
+from cai.local import runner
 from cai.local.runner import run_local
 from cai.store import artifact_uri
 
@@ -54,3 +57,47 @@ def test_apiserver_names_and_uids_are_accepted():
 def test_store_layout_refuses_segments_that_are_not_single_names(bad):
     with pytest.raises(ValueError, match="cannot be a directory of the store"):
         artifact_uri("file:///store", *bad)
+
+
+def _run_constitution(tmp_path: Path) -> Path:
+    store = tmp_path / "store"
+    assert run_local([str(_constitution(tmp_path))], store=str(store), quiet=True) == 0
+    return next(store.rglob("status.json"))
+
+
+@pytest.mark.parametrize("damage", [
+    lambda text: text[: len(text) // 2],  # truncated by a crash or a full disk
+    lambda text: "",
+    lambda text: "[1, 2]",
+    lambda text: '{"apiVersion": "cai.dev/v1alpha1", "kind": "Constitution", "metadata": {"name": "../x"}}',
+])
+def test_cai_status_reports_a_damaged_status_file_and_exits_non_zero(tmp_path, capsys, damage):
+    status = _run_constitution(tmp_path)
+    status.write_text(damage(status.read_text()))
+    capsys.readouterr()
+    rc = main(["status", "--store", str(tmp_path / "store")])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert f"error: damaged status file {status.as_uri()}: " in err and "Traceback" not in err
+
+
+def _critique_run(tmp_path: Path) -> Path:
+    path = tmp_path / "manifests" / "run.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text((ROOT / "constitutions" / "harmless.yaml").read_text() + "\n---\n" + json.dumps({
+        "apiVersion": "cai.dev/v1alpha1", "kind": "CritiqueRun", "metadata": {"name": "sl"},
+        "spec": {"constitutionRef": {"name": "harmless"}, "model": "builtin:tiny-random"}}))
+    return path
+
+
+def test_cai_run_starts_afresh_over_a_damaged_status_file_of_its_own(tmp_path, monkeypatch):
+    started = []
+    # Stage processes that end without publishing: each run stops after the first stage, status saved.
+    monkeypatch.setattr(runner, "_run_stage_process", lambda s, progress, tail: started.append(s.stage) or 0)
+    store = tmp_path / "store"
+    assert run_local([str(_critique_run(tmp_path))], store=str(store), quiet=True) == 1
+    status = next(store.rglob("critiqueruns/sl/local/status.json"))
+    status.write_text(status.read_text()[:100])
+    assert run_local([str(_critique_run(tmp_path))], store=str(store), quiet=True) == 1
+    assert started == ["generate-revisions", "generate-revisions"]
+    assert json.loads(status.read_text())["metadata"]["name"] == "sl"  # rewritten whole

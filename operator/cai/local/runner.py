@@ -162,6 +162,14 @@ def run_local(
     paths: list[str], store: str, only: list[str] | None = None, force: bool = False, quiet: bool = False
 ) -> int:
     store = normalize(store)
+    try:
+        return _run_local(paths, store, only, force, quiet)
+    except state.DamagedStatusError as e:  # of a resource referenced from an earlier run
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run_local(paths: list[str], store: str, only: list[str] | None, force: bool, quiet: bool) -> int:
     resources, problems = validate_paths(
         paths, local=True, known=lambda k, n: state.stored_resource(store, k, "default", n)
     )
