@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cai.api.manifest import parse_resource
+from cai.api.manifest import load_manifests, parse_resource
 from cai.cli import main
 from cai.local import runner
+from cai.local.lock import resource_lock
 from cai.local.runner import run_local
 from cai.store import artifact_uri
 
@@ -101,3 +102,22 @@ def test_cai_run_starts_afresh_over_a_damaged_status_file_of_its_own(tmp_path, m
     assert run_local([str(_critique_run(tmp_path))], store=str(store), quiet=True) == 1
     assert started == ["generate-revisions", "generate-revisions"]
     assert json.loads(status.read_text())["metadata"]["name"] == "sl"  # rewritten whole
+
+
+def test_a_second_cai_run_of_one_resource_fails_clearly_while_the_first_holds_its_lock(tmp_path, monkeypatch,
+                                                                                       capsys):
+    started = []
+    monkeypatch.setattr(runner, "_run_stage_process", lambda s, progress, tail: started.append(s.stage) or 0)
+    store = tmp_path / "store"
+    manifest = _critique_run(tmp_path)
+    [res] = [r for r in load_manifests([manifest]) if r.kind == "CritiqueRun"]
+    with resource_lock(runner.normalize(str(store)), res):  # what the first `cai run` holds
+        assert run_local([str(manifest)], store=str(store), quiet=True) == 1
+        assert started == []  # it shares nothing with the first: no stage, no status written
+        assert not list(store.rglob("critiqueruns/sl/local/status.json"))
+    err = capsys.readouterr().err
+    lock = store / "default" / "critiqueruns" / "sl" / "local" / ".run.lock"
+    assert f"error: CritiqueRun/sl is already being run into {store.as_uri()} by another `cai run` (lock {lock})" in err
+    # Once the first is done the resource runs again.
+    assert run_local([str(manifest)], store=str(store), quiet=True) == 1
+    assert started == ["generate-revisions"]

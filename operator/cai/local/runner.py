@@ -36,6 +36,7 @@ from ..store import manifest_digest, read_manifest
 from ..store.fs import normalize
 from ..validation import validate_paths
 from . import state
+from .lock import ResourceBusyError, resource_lock
 from .status import render_table
 
 console = Console(stderr=True)
@@ -196,7 +197,12 @@ def _run_local(paths: list[str], store: str, only: list[str] | None, force: bool
                 res.status = constitution_status(res.typed(ConstitutionSpec, ConstitutionStatus))
                 state.save(store, res)
                 continue
-            ok = _run_resource(res, store, lookup, quiet) and ok
+            try:
+                with resource_lock(store, res):
+                    ok = _run_resource(res, store, lookup, quiet) and ok
+            except ResourceBusyError as e:
+                print(f"error: {e}", file=sys.stderr)  # plain: a long lock path must not be folded
+                ok = False
     except KeyboardInterrupt:
         console.print(
             "[yellow]interrupted: finished stages are kept; run the same command again to resume[/yellow]"
