@@ -58,6 +58,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         objects = {(p.file, p.obj) for p in problems}
         print(f"{len(problems)} problem(s) in {len(objects)} object(s)", file=sys.stderr)
         return 1
+    if not resources:  # a wrong path or a file of other objects: validating nothing is no success
+        print(f"error: no cai.dev objects in {', '.join(args.paths)}", file=sys.stderr)
+        return 1
     print(f"{len(resources)} object(s) valid", file=sys.stderr)
     return 0
 
