@@ -85,8 +85,10 @@ def test_validate_fails_on_unknown_groups_misspelled_keys_and_files_without_obje
     key = _write(tmp_path, "key.yaml", RUN.replace("apiVersion:", "apiversion:"))
     kind = _write(tmp_path, "kind.yaml", RUN.replace("kind:", "Kind:"))
     empty = _write(tmp_path, "empty.yaml", "# nothing here\n---\n")
+    noapi = _write(tmp_path, "noapi.yaml", "kind: CritiqueRun\nmetadata: {name: x}\n")
+    deep = _write(tmp_path, "deep.yaml", RUN + "      resources: {podTemplate: " + "[" * 5000 + "]" * 5000 + "}\n")
     constitution = ROOT / "constitutions" / "harmless.yaml"
-    rc, out, _ = _validate(group, near, key, kind, empty, constitution)
+    rc, out, _ = _validate(group, near, key, kind, empty, noapi, deep, constitution)
     assert rc == 1
     lines = out.splitlines()
     assert (f"{group}: CritiqueRun/sl: apiVersion: expected cai.dev/v1alpha1 (API group cai.dev) for kind "
@@ -95,6 +97,9 @@ def test_validate_fails_on_unknown_groups_misspelled_keys_and_files_without_obje
     assert f"{key}: CritiqueRun/sl: apiversion: unknown key; did you mean 'apiVersion'?" in lines
     assert f"{kind}: ?/sl: Kind: unknown key; did you mean 'kind'?" in lines
     assert f"{empty}: -: -: no objects in this file (expected Kubernetes objects)" in lines
+    assert (f"{noapi}: CritiqueRun/x: apiVersion: expected cai.dev/v1alpha1 (API group cai.dev) for kind "
+            "CritiqueRun, got None") in lines
+    assert f"{deep}: -: -: expected valid YAML: nested too deeply" in lines
     # Other tools' objects are still skipped, but validating nothing at all is not a success.
     ns = _write(tmp_path, "ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: ml}\n")
     rc, out, err = _validate(ns)

@@ -179,18 +179,20 @@ def _object_problems(file: str, doc: dict[str, Any]) -> tuple[bool, list[Problem
     """
     kind, meta = doc.get("kind"), doc.get("metadata")
     obj = f"{kind or '?'}/{(meta.get('name') if isinstance(meta, dict) else None) or '?'}"
-    problems = []
+    problems, typos = [], set()
     for key in ("apiVersion", "kind"):
         if key not in doc:
             keys = {str(k).lower(): str(k) for k in doc}
             near = difflib.get_close_matches(key.lower(), list(keys), n=1, cutoff=0.75)
             if near:
+                typos.add(key)
                 problems.append(Problem(file, obj, keys[near[0]], f"unknown key; did you mean {key!r}?"))
     api = doc.get("apiVersion")
     group = str(api).split("/")[0] if "/" in str(api) else ""
     if group == GROUP:
         return True, problems
-    if api is not None and (kind in KINDS or difflib.get_close_matches(group, [GROUP], cutoff=0.7)):
+    looks_ours = kind in KINDS or (api is not None and difflib.get_close_matches(group, [GROUP], cutoff=0.7))
+    if looks_ours and "apiVersion" not in typos:
         problems.append(Problem(file, obj, "apiVersion",
                                 f"expected {API_VERSION} (API group {GROUP}) for kind {kind}, got {api!r}"))
     elif api is None and kind is None and not problems:
@@ -223,6 +225,9 @@ def load_documents(paths: Iterable[str | Path]) -> tuple[list[tuple[str, dict[st
             continue
         except yaml.YAMLError as e:
             problems.append(_yaml_problem(name, e))
+            continue
+        except RecursionError:
+            problems.append(Problem(name, "-", "", "expected valid YAML: nested too deeply"))
             continue
         if all(doc is None for doc in loaded):
             problems.append(Problem(name, "-", "", "no objects in this file (expected Kubernetes objects)"))
