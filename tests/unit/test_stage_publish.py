@@ -10,6 +10,7 @@ import pytest
 
 from cai.pipeline.stagespec import StageSpec
 from cai.stages import runtime
+from cai.store import read_manifest
 
 
 @pytest.fixture
@@ -45,3 +46,17 @@ def test_published_stage_writes_its_manifest(stage_spec, tmp_path):
     assert runtime.run_stage("finetune", str(stage_spec)) == 0
     assert not (tmp_path / "termination-log").exists()
     assert (tmp_path / "store" / "default" / "critiqueruns" / "sl" / "local" / "finetune" / "manifest.json").exists()
+
+
+def test_a_failing_rerun_leaves_the_previous_local_version_readable(stage_spec, tmp_path, monkeypatch):
+    out = tmp_path / "store" / "default" / "critiqueruns" / "sl" / "local" / "finetune"
+    assert runtime.run_stage("finetune", str(stage_spec)) == 0
+    first = read_manifest(out.as_uri())
+
+    def fails_half_way(ctx):
+        (ctx.out_dir / "model.bin").write_bytes(b"half-written")
+        raise RuntimeError("out of memory")
+    monkeypatch.setitem(sys.modules, runtime.STAGES["finetune"][1].module, types.SimpleNamespace(run=fails_half_way))
+    assert runtime.run_stage("finetune", str(stage_spec), force=True) == 1
+    assert read_manifest(out.as_uri()) == first
+    assert (out / "model.bin").read_bytes() == b"weights"

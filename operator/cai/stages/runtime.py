@@ -27,7 +27,7 @@ from ..api.kinds import STAGES, ConstitutionSpec
 from ..models.cache import cache_dir
 from ..pipeline.stagespec import StageSpec
 from ..progress import ProgressReporter
-from ..store import commit_artifact, download_artifact, local_path, manifest_digest, read_manifest
+from ..store import commit_artifact, download_artifact, manifest_digest, read_manifest
 
 TERMINATION_LOG = Path(os.environ.get("CAI_TERMINATION_LOG", "/dev/termination-log"))
 
@@ -177,13 +177,9 @@ def run_stage(name: str, spec_path: str, force: bool = False) -> int:
 
     work_dir = _work_dir(spec)
     work_dir.mkdir(parents=True, exist_ok=True)
-    target = local_path(spec.output)
-    if target is not None:
-        # Write in place: no manifest means readers ignore the directory until commit.
-        (target / "manifest.json").unlink(missing_ok=True)
-        out_dir = target
-    else:
-        out_dir = work_dir / "out"
+    # Files are written in the work dir, local stores included, and published at the end: the previous
+    # version of the artifact stays readable until the new manifest replaces it (commit_artifact).
+    out_dir = work_dir / "out"
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     _ignore_known_warnings()
