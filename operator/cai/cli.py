@@ -10,6 +10,17 @@ import sys
 from pathlib import Path
 
 DEFAULT_STORE = "file://./artifacts"
+STORE_HELP = f"artifact store: s3://bucket/prefix, file:///path or a path (default {DEFAULT_STORE})"
+
+
+def _store(value: str) -> str:
+    """--store: only s3:// and file:// stores (or plain paths); argparse prints the reason and exits 2."""
+    from .store.fs import StoreURIError, check_uri
+
+    try:
+        return check_uri(value)
+    except StoreURIError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _repo_crds_dir() -> Path:
@@ -46,6 +57,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if problems:
         objects = {(p.file, p.obj) for p in problems}
         print(f"{len(problems)} problem(s) in {len(objects)} object(s)", file=sys.stderr)
+        return 1
+    if not resources:  # a wrong path or a file of other objects: validating nothing is no success
+        print(f"error: no cai.dev objects in {', '.join(args.paths)}", file=sys.stderr)
         return 1
     print(f"{len(resources)} object(s) valid", file=sys.stderr)
     return 0
@@ -130,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("run", help="run resources locally: validate, order, run every stage, resume on rerun")
     s.add_argument("paths", nargs="+", help="manifest files or directories")
-    s.add_argument("--store", default=DEFAULT_STORE, help=f"artifact store URI (default {DEFAULT_STORE})")
+    s.add_argument("--store", default=DEFAULT_STORE, type=_store, help=STORE_HELP)
     s.add_argument(
         "--only", action="append", default=None, metavar="KIND/NAME", help="run only these resources"
     )
@@ -145,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_stage)
 
     s = sub.add_parser("status", help="show the status of locally run resources")
-    s.add_argument("--store", default=DEFAULT_STORE, help=f"artifact store URI (default {DEFAULT_STORE})")
+    s.add_argument("--store", default=DEFAULT_STORE, type=_store, help=STORE_HELP)
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(func=cmd_status)
 
@@ -157,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("report", help="print the evaluation summary of an RLAIFRun run locally")
     s.add_argument("name", help="RLAIFRun name")
-    s.add_argument("--store", default=DEFAULT_STORE, help=f"artifact store URI (default {DEFAULT_STORE})")
+    s.add_argument("--store", default=DEFAULT_STORE, type=_store, help=STORE_HELP)
     s.add_argument("--namespace", default="default")
     s.set_defaults(func=cmd_report)
 

@@ -8,13 +8,14 @@ namespace's policy allows). With `local=True` (cai run), files named by paths mu
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from .api.kinds import RunCommon
 from .api.manifest import Problem, Resource, load_documents, parse_resource
-from .pipeline.plan import Lookup, model_refs, prompt_sources, references
+from .pipeline.plan import PLAN_SPECS_LIMIT, Lookup, model_refs, prompt_sources, references
 from .pipeline.podpolicy import pod_problems
 
 
@@ -64,11 +65,41 @@ def check_resources(resources: list[Resource], *, local: bool, known: Lookup | N
             issue = check_source(source)
             if issue:
                 problems.append(Problem(res.source, res.display, path, issue))
+        problems.extend(_plan_size_problems(res, seen))
         if isinstance(res.spec, RunCommon):
             r = res.spec.resources
             for path, message in pod_problems(r.service_account_name, r.pod_template, None):
                 problems.append(Problem(res.source, res.display, path, message))
     return problems
+
+
+def _wire_bytes(res: Resource) -> int:
+    return len(json.dumps(res.spec.to_wire(), separators=(",", ":")))
+
+
+def _plan_size_problems(res: Resource, seen: dict[tuple[str, str, str], Resource]) -> list[Problem]:
+    """The operator keeps a run's stage specs, each with the whole constitution, in one ConfigMap
+    (PLAN_SPECS_LIMIT); a run whose plan cannot fit there would be refused only once it is applied."""
+    if not res.info.is_run:
+        size = _wire_bytes(res) if res.kind == "Constitution" else 0
+        if size > PLAN_SPECS_LIMIT:
+            return [Problem(res.source, res.display, "spec",
+                            f"takes {size} bytes; a run's plan holds at most {PLAN_SPECS_LIMIT} bytes with "
+                            "the constitution in every stage: shorten it (few-shot examples)")]
+        return []
+    out = []
+    stages = len(res.info.stages_for(res.spec))
+    for kind, name, path in references(res):
+        constitution = seen.get((kind, res.namespace, name)) if kind == "Constitution" else None
+        if constitution is None:
+            continue
+        size = stages * (_wire_bytes(constitution) + _wire_bytes(res))
+        if size > PLAN_SPECS_LIMIT:
+            out.append(Problem(res.source, res.display, path,
+                               f"the operator's plan would take about {size} bytes ({stages} stage specs, "
+                               f"each with Constitution {name}); at most {PLAN_SPECS_LIMIT} fit: shorten the "
+                               "constitution (few-shot examples)"))
+    return out
 
 
 def validate_paths(paths: Iterable[str | Path], *, local: bool = False, check_references: bool = True,

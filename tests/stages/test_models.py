@@ -174,8 +174,13 @@ def test_uri_without_manifest_and_wrong_artifact_kind(tmp_path: Path, monkeypatc
                                                       tiny_model_dir: Path) -> None:
     monkeypatch.setenv("CAI_CACHE_DIR", str(tmp_path / "cache"))
     plain = _small_model_copy(tiny_model_dir, tmp_path / "plain")  # uploaded by hand: no manifest
-    local = resolve_model(f"file://{plain}")
-    assert file_digest(local / "model.safetensors") == file_digest(plain / "model.safetensors")
+    # A directory without a manifest may be an upload in progress: never copied from a listing.
+    with pytest.raises(ModelResolveError, match=r"no manifest\.json there.*still being uploaded"):
+        resolve_model(f"file://{plain}")
+    assert not (tmp_path / "cache" / "models" / "uri").exists() or [
+        p.name for p in (tmp_path / "cache" / "models" / "uri").iterdir() if not p.name.endswith(".lock")] == []
+    # Its plain path is a local directory, loaded in place.
+    assert resolve_model(str(plain)) == plain.resolve()
 
     dataset = tmp_path / "dataset"
     dataset.mkdir()
@@ -184,7 +189,7 @@ def test_uri_without_manifest_and_wrong_artifact_kind(tmp_path: Path, monkeypatc
     with pytest.raises(ModelResolveError, match="'dataset' artifact, not a model"):
         resolve_model(f"file://{dataset}")
 
-    with pytest.raises(ModelResolveError, match="nothing there"):
+    with pytest.raises(ModelResolveError, match="no manifest.json there"):
         resolve_model(f"file://{tmp_path / 'absent'}")
 
 

@@ -80,7 +80,7 @@ def test_errors_name_the_source(tmp_path):
     assert "expected" in check_source("prompts.txt")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text_body": "x"}\n')
-    with pytest.raises(PromptSourceError, match=r"row 1 has no prompt column .*found text_body"):
+    with pytest.raises(PromptSourceError, match=r"line 1 has no prompt column .*found text_body"):
         load_prompts(str(bad))
     with pytest.raises(PromptSourceError, match="no prompts found"):
         load_prompts(str(empty))

@@ -108,7 +108,9 @@ def test_metadata_yaml_and_duplicates(tmp_path):
     r = validate(str(bad_yaml), str(dup))
     out = lines(r)
     assert r.returncode == 1
-    assert any(line.startswith(f"{bad_yaml}: -: -: expected valid YAML") for line in out), out
+    # The file position keeps the line and column (1-based) where the parser gave up.
+    assert any(line.startswith(f"{bad_yaml}:2:1: -: -: expected valid YAML: while parsing a flow sequence")
+               for line in out), out
     assert any(line.startswith(f"{dup}: Constitution/Harmless!: metadata.name: expected a DNS-1123 label") for line in out)
     assert f"{dup}: Constitution/Harmless!: spec.preferencePrinciples: expected at least 1 item(s)" in out
 

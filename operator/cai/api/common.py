@@ -201,6 +201,7 @@ class PolicySpec(ApiModel):
         None,
         description="A model reference (builtin:, hf:, s3://, file://, path).",
         max_length=MAX_SHORT_TEXT,
+        min_length=1,  # "" is no model: the apiserver refuses it as cai validate does
     )
 
     rules = (

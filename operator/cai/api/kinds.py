@@ -145,6 +145,7 @@ class CritiqueRunSpec(RunCommon):
         DEFAULT_MODEL,
         description="Helpful-only model to start from (model reference).",
         max_length=MAX_SHORT_TEXT,
+        min_length=1,  # "" is no model: the apiserver refuses it as cai validate does
     )
     prompts: PromptSource = Field(
         default_factory=lambda: PromptSource(source="builtin:red-team"),
@@ -236,6 +237,7 @@ class PreferenceTrainingSpec(TrainingSpec):
         None,
         description="Model to put the reward head on (default: the policy's model).",
         max_length=MAX_SHORT_TEXT,
+        min_length=1,  # "" is no model: the apiserver refuses it as cai validate does
     )
     learning_rate: float = Field(1e-5, description="Peak learning rate.", gt=0, le=1)
     held_out_fraction: float = Field(
@@ -253,6 +255,7 @@ class PreferenceModelSpec(RunCommon):
         None,
         description="Model that labels comparisons (default: the policy's base model).",
         max_length=MAX_SHORT_TEXT,
+        min_length=1,  # "" is no model: the apiserver refuses it as cai validate does
     )
     prompts: PromptSource = Field(
         default_factory=lambda: PromptSource(source="builtin:red-team"),

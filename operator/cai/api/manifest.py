@@ -6,6 +6,8 @@ was expected — the format `cai validate` prints and `cai run` refuses to start
 
 from __future__ import annotations
 
+import difflib
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,11 +19,15 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 from typing_extensions import TypeVar
 
-from .base import API_VERSION, ApiModel, nested_model
+from .base import API_VERSION, GROUP, ApiModel, nested_model
 from .common import ObjectStatus
 from .kinds import KINDS, KindInfo, RunCommon, RunStatus
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# metadata.uid becomes a directory of the store's layout: a token that cannot be a path (the apiserver's
+# UUIDs match; '/', '..' and leading dots do not).
+UID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+DNS_LABEL = "expected a DNS-1123 label (lowercase letters, digits, '-', at most 63 characters)"
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -112,17 +118,105 @@ def iter_manifest_files(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def load_documents(paths: Iterable[str | Path]) -> tuple[list[tuple[str, dict[str, Any]]], list[Problem]]:
-    """All YAML documents of the given files/directories as (file, document), plus read problems.
+# The apiserver stores objects of at most 1.5 MiB (etcd's request limit); bigger ones are refused there.
+MAX_OBJECT_BYTES = 3 * 1024 * 1024 // 2
+# Read no further than this: a manifest file holds a few objects, each at most MAX_OBJECT_BYTES.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+# Nodes of one document once YAML aliases are expanded: a 1 KB "billion laughs" file expands to 10^9.
+MAX_YAML_NODES = 200_000
 
-    Documents that are not cai.dev objects (a Namespace or Secret next to the runs) are skipped.
+
+class _BoundedLoader(yaml.SafeLoader):  # type: ignore[misc]  # (PyYAML ships no type stubs here)
+    """SafeLoader that refuses, before building Python objects, a document whose aliases expand it past
+    MAX_YAML_NODES nodes or refer to themselves (both only ever come from hostile or broken input)."""
+
+    def compose_document(self) -> yaml.Node | None:
+        node: yaml.Node | None = super().compose_document()
+        if node is not None:
+            _expanded_size(node, {}, set())
+        return node
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:
+    """Nodes under `node` with every alias expanded (shared nodes counted once per use, memoized)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:
+        raise yaml.composer.ComposerError(None, None, "found a recursive alias (a node that contains itself)",
+                                          node.start_mark)
+    open_.add(key)
+    size = 1
+    if isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, sizes, open_) + _expanded_size(v, sizes, open_) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, sizes, open_) for child in node.value)
+    open_.discard(key)
+    if size > MAX_YAML_NODES:
+        raise yaml.composer.ComposerError(
+            None, None, f"the document expands to more than {MAX_YAML_NODES} nodes (YAML aliases/anchors "
+            "repeated in a nested way); write the values out instead", node.start_mark)
+    sizes[key] = size
+    return size
+
+
+def _yaml_problem(file: str, e: yaml.YAMLError) -> Problem:
+    """A YAML error with its line and column (1-based, as editors count) in the file position."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark is not None else file
+    if isinstance(e, yaml.MarkedYAMLError):
+        what = " ".join(p for p in (e.context, e.problem) if p)
+    else:
+        what = str(e).splitlines()[0]
+    return Problem(where, "-", "", f"expected valid YAML: {what}")
+
+
+def _object_problems(file: str, doc: dict[str, Any]) -> tuple[bool, list[Problem]]:
+    """(is it a cai.dev object, problems of its identity) for one top-level mapping.
+
+    Objects of other groups (a Namespace or Secret next to the runs) are skipped, unless they look like
+    ours: a kind of ours under another group, a group close to cai.dev, or a misspelled apiVersion/kind key.
+    """
+    kind, meta = doc.get("kind"), doc.get("metadata")
+    obj = f"{kind or '?'}/{(meta.get('name') if isinstance(meta, dict) else None) or '?'}"
+    problems, typos = [], set()
+    for key in ("apiVersion", "kind"):
+        if key not in doc:
+            keys = {str(k).lower(): str(k) for k in doc}
+            near = difflib.get_close_matches(key.lower(), list(keys), n=1, cutoff=0.75)
+            if near:
+                typos.add(key)
+                problems.append(Problem(file, obj, keys[near[0]], f"unknown key; did you mean {key!r}?"))
+    api = doc.get("apiVersion")
+    group = str(api).split("/")[0] if "/" in str(api) else ""
+    if group == GROUP:
+        return True, problems
+    looks_ours = kind in KINDS or (api is not None and difflib.get_close_matches(group, [GROUP], cutoff=0.7))
+    if looks_ours and "apiVersion" not in typos:
+        problems.append(Problem(file, obj, "apiVersion",
+                                f"expected {API_VERSION} (API group {GROUP}) for kind {kind}, got {api!r}"))
+    elif api is None and kind is None and not problems:
+        problems.append(Problem(file, obj, "", "expected a Kubernetes object (apiVersion and kind)"))
+    return False, problems
+
+
+def load_documents(paths: Iterable[str | Path]) -> tuple[list[tuple[str, dict[str, Any]]], list[Problem]]:
+    """All cai.dev documents of the given files/directories as (file, document), plus read problems.
+
+    Documents of other API groups (a Namespace or Secret next to the runs) are skipped; a file with no
+    object at all, a YAML error (with line and column), a document that expands past MAX_YAML_NODES, an
+    object larger than the apiserver stores, or an object that looks like ours but is misspelled is a
+    problem.
     """
     docs: list[tuple[str, dict[str, Any]]] = []
     problems: list[Problem] = []
     for f in iter_manifest_files(paths):
         name = str(f)
         try:
-            loaded = list(yaml.safe_load_all(f.read_text()))
+            if f.stat().st_size > MAX_FILE_BYTES:
+                problems.append(Problem(name, "-", "", f"file is larger than {MAX_FILE_BYTES} bytes"))
+                continue
+            loaded = list(yaml.load_all(f.read_text(), Loader=_BoundedLoader))
         except FileNotFoundError:
             problems.append(Problem(name, "-", "", "file not found"))
             continue
@@ -130,8 +224,13 @@ def load_documents(paths: Iterable[str | Path]) -> tuple[list[tuple[str, dict[st
             problems.append(Problem(name, "-", "", f"cannot read file: {e}"))
             continue
         except yaml.YAMLError as e:
-            problems.append(Problem(name, "-", "", f"expected valid YAML: {str(e).splitlines()[0]}"))
+            problems.append(_yaml_problem(name, e))
             continue
+        except RecursionError:
+            problems.append(Problem(name, "-", "", "expected valid YAML: nested too deeply"))
+            continue
+        if all(doc is None for doc in loaded):
+            problems.append(Problem(name, "-", "", "no objects in this file (expected Kubernetes objects)"))
         for doc in loaded:
             if doc is None:
                 continue
@@ -140,8 +239,16 @@ def load_documents(paths: Iterable[str | Path]) -> tuple[list[tuple[str, dict[st
                     Problem(name, "-", "", "expected a mapping (a Kubernetes object) at the top level")
                 )
                 continue
-            api = str(doc.get("apiVersion", ""))
-            if api.split("/")[0] != "cai.dev":
+            ours, probs = _object_problems(name, doc)
+            problems.extend(probs)
+            if not ours or probs:
+                continue  # another tool's object, or one of ours too broken to parse further
+            size = len(json.dumps(doc, separators=(",", ":"), default=str))
+            if size > MAX_OBJECT_BYTES:
+                meta = doc.get("metadata")
+                obj = f"{doc.get('kind')}/{meta.get('name', '?') if isinstance(meta, dict) else '?'}"
+                problems.append(Problem(name, obj, "", f"object takes {size} bytes as JSON; the apiserver "
+                                        f"stores at most {MAX_OBJECT_BYTES} (1.5 MiB)"))
                 continue
             docs.append((name, doc))
     return docs, problems
@@ -241,15 +348,9 @@ def parse_resource(
     if kind not in KINDS:
         problems.append(Problem(file, obj, "kind", f"expected one of {', '.join(KINDS)}, got {kind!r}"))
         return None, problems
-    if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > 63:
-        problems.append(
-            Problem(
-                file,
-                obj,
-                "metadata.name",
-                "expected a DNS-1123 label (lowercase letters, digits, '-', at most 63 characters)",
-            )
-        )
+    if not _dns_label(name):
+        problems.append(Problem(file, obj, "metadata.name", DNS_LABEL))
+    problems.extend(Problem(file, obj, path, msg) for path, msg in _metadata_paths(meta))
     unknown_top = set(doc) - {"apiVersion", "kind", "metadata", "spec", "status"}
     for key in sorted(unknown_top):
         problems.append(
@@ -292,6 +393,24 @@ def parse_resource(
         ),
         problems,
     )
+
+
+def _dns_label(value: object) -> bool:
+    return isinstance(value, str) and len(value) <= 63 and NAME_RE.match(value) is not None
+
+
+def _metadata_paths(meta: object) -> list[tuple[str, str]]:
+    """Problems with the metadata fields that become directories of the store (namespace, uid)."""
+    if not isinstance(meta, dict):
+        return [("metadata", "expected an object (mapping)")]
+    out = []
+    if meta.get("namespace") is not None and not _dns_label(meta["namespace"]):
+        out.append(("metadata.namespace", f"{DNS_LABEL}, got {meta['namespace']!r}"))
+    uid = meta.get("uid")
+    if uid is not None and not (isinstance(uid, str) and UID_RE.match(uid)):
+        expected = "expected a token of letters, digits, '-' and '_' (at most 128 characters, like a UUID)"
+        out.append(("metadata.uid", f"{expected}, got {uid!r}"))
+    return out
 
 
 def rule_violations(model: ApiModel, path: str) -> list[tuple[str, str]]:

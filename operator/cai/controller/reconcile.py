@@ -35,6 +35,7 @@ from ..api.kinds import (
 from ..api.manifest import Resource, RunResource
 from ..pipeline.conditions import get_condition, is_true
 from ..pipeline.plan import (
+    PLAN_SPECS_LIMIT,
     Blocked,
     constitution_digest,
     model_refs,
@@ -73,7 +74,7 @@ Lookup = Callable[[str, str], Resource | None]
 
 WAITING_RECHECK_SECONDS = 30.0  # dependency pokes usually come first; this is the safety net
 CREATE_GRACE_SECONDS = 10.0  # a Job created this recently may simply not be in the watch cache yet
-CONFIGMAP_LIMIT = 900_000  # bytes of stage specs; a ConfigMap holds at most 1 MiB
+CONFIGMAP_LIMIT = PLAN_SPECS_LIMIT  # bytes of stage specs; a ConfigMap holds at most 1 MiB
 
 
 @dataclass(frozen=True)

@@ -51,37 +51,57 @@ def _read_bytes(source: str) -> bytes:
         raise PromptSourceError(f"prompt source {source!r}: cannot read ({e})") from None
 
 
-def _parse_file(source: str, data: bytes) -> list[dict[str, Any]]:
+def _jsonl_rows(source: str, text: str) -> tuple[list[Any], list[int]]:
+    """Rows of a JSONL file and the line each came from (blank lines skipped, still counted)."""
+    rows, lines = [], []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError as e:
+            detail = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
+            raise PromptSourceError(
+                f"prompt source {source!r}: line {n}: expected valid JSON ({detail})") from None
+        lines.append(n)
+    return rows, lines
+
+
+def _parse_file(source: str, data: bytes) -> tuple[list[Any], list[int] | None]:
+    """The file's rows, with their line numbers for JSONL (where errors point at lines, not rows)."""
     fmt = _suffix(source)
     try:
         if fmt in (".jsonl", ".json"):
             text = data.decode("utf-8")
             stripped = text.lstrip()
             if fmt == ".json" and stripped.startswith("["):
-                return list(json.loads(text))
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+                return list(json.loads(text)), None
+            return _jsonl_rows(source, text)
         if fmt == ".csv":
-            return list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
+            return list(csv.DictReader(io.StringIO(data.decode("utf-8")))), None
         if fmt == ".parquet":
             import pyarrow.parquet as pq
 
-            return pq.read_table(io.BytesIO(data)).to_pylist()
+            return pq.read_table(io.BytesIO(data)).to_pylist(), None
     except (ValueError, UnicodeDecodeError) as e:
+        if isinstance(e, PromptSourceError):
+            raise
         raise PromptSourceError(f"prompt source {source!r}: expected valid {fmt[1:].upper()} ({e})") from None
     raise PromptSourceError(f"prompt source {source!r}: expected a .jsonl, .json, .csv or .parquet file")
 
 
-def _normalize(source: str, rows: list[Any]) -> list[dict[str, Any]]:
+def _normalize(source: str, rows: list[Any], lines: list[int] | None = None) -> list[dict[str, Any]]:
     out = []
     for i, row in enumerate(rows):
+        where = f"line {lines[i]}" if lines is not None else f"row {i + 1}"
         if isinstance(row, str):
             row = {"prompt": row}
         if not isinstance(row, dict):
-            raise PromptSourceError(f"prompt source {source!r}: row {i + 1} is not an object")
+            raise PromptSourceError(f"prompt source {source!r}: {where} is not an object")
         column = next((c for c in PROMPT_COLUMNS if isinstance(row.get(c), str)), None)
         if column is None:
             raise PromptSourceError(
-                f"prompt source {source!r}: row {i + 1} has no prompt column "
+                f"prompt source {source!r}: {where} has no prompt column "
                 f"(expected one of {', '.join(PROMPT_COLUMNS)}; "
                 f"found {', '.join(map(str, row)) or 'nothing'})"
             )
@@ -103,10 +123,19 @@ def load_prompts(source: str, limit: int | None = None, split: str | None = None
     elif source.startswith("hf:"):
         rows = _load_hf(source, split)
     else:
-        rows = _parse_file(source, _read_bytes(source))
+        rows, lines = _parse_file(source, _read_bytes(source))
         if split is not None:
-            rows = [r for r in rows if not isinstance(r, dict) or r.get("split", split) == split]
-    prompts = _normalize(source, rows)
+            keep = [i for i, r in enumerate(rows)
+                    if not isinstance(r, dict) or r.get("split", split) == split]
+            rows = [rows[i] for i in keep]
+            lines = [lines[i] for i in keep] if lines is not None else None
+        return _limited(source, split, _normalize(source, rows, lines), limit)
+    return _limited(source, split, _normalize(source, rows), limit)
+
+
+def _limited(source: str, split: str | None, prompts: list[dict[str, Any]], limit: int | None
+             ) -> list[dict[str, Any]]:
+    """The first `limit` prompts; PromptSourceError when there are none."""
     if limit is not None:
         prompts = prompts[:limit]
     if not prompts:

@@ -67,7 +67,11 @@ def summary_table(summary: dict[str, Any]) -> Table:
 
 def print_report(store: str, name: str, namespace: str = "default") -> int:
     store = normalize(store)
-    res = state.stored_resource(store, "RLAIFRun", namespace, name)
+    try:
+        res = state.stored_resource(store, "RLAIFRun", namespace, name)
+    except state.DamagedStatusError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if res is None:
         print(
             f"error: no RLAIFRun {namespace}/{name} in {store} (run it with `cai run` first)", file=sys.stderr

@@ -36,6 +36,7 @@ from ..store import manifest_digest, read_manifest
 from ..store.fs import normalize
 from ..validation import validate_paths
 from . import state
+from .lock import ResourceBusyError, resource_lock
 from .status import render_table
 
 console = Console(stderr=True)
@@ -162,6 +163,14 @@ def run_local(
     paths: list[str], store: str, only: list[str] | None = None, force: bool = False, quiet: bool = False
 ) -> int:
     store = normalize(store)
+    try:
+        return _run_local(paths, store, only, force, quiet)
+    except state.DamagedStatusError as e:  # of a resource referenced from an earlier run
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run_local(paths: list[str], store: str, only: list[str] | None, force: bool, quiet: bool) -> int:
     resources, problems = validate_paths(
         paths, local=True, known=lambda k, n: state.stored_resource(store, k, "default", n)
     )
@@ -188,7 +197,12 @@ def run_local(
                 res.status = constitution_status(res.typed(ConstitutionSpec, ConstitutionStatus))
                 state.save(store, res)
                 continue
-            ok = _run_resource(res, store, lookup, quiet) and ok
+            try:
+                with resource_lock(store, res):
+                    ok = _run_resource(res, store, lookup, quiet) and ok
+            except ResourceBusyError as e:
+                print(f"error: {e}", file=sys.stderr)  # plain: a long lock path must not be folded
+                ok = False
     except KeyboardInterrupt:
         console.print(
             "[yellow]interrupted: finished stages are kept; run the same command again to resume[/yellow]"

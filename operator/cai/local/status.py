@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from rich.console import Console, Group
 from rich.table import Table
@@ -49,12 +50,14 @@ def render_table(resources: list[Resource]) -> Group:
 def print_status(store: str, as_json: bool = False) -> int:
     from .state import all_stored
 
-    resources = all_stored(normalize(store))
+    damaged: list[str] = []
+    resources = all_stored(normalize(store), damaged)
     if as_json:
         print(json.dumps([r.to_manifest() for r in resources], indent=2))
-        return 0
-    if not resources:
+    elif resources:
+        Console().print(render_table(resources))
+    elif not damaged:
         print(f"no resources in {store}")
-        return 0
-    Console().print(render_table(resources))
-    return 0
+    for message in damaged:  # the others are still shown; the exit status says something is wrong
+        print(f"error: {message}", file=sys.stderr)
+    return 1 if damaged else 0

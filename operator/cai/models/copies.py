@@ -1,8 +1,8 @@
 """Copies of model directories from object storage (`s3://...`, `file://...`) in the model cache.
 
 A directory with a `manifest.json` (as stages publish them) is copied file by file and each file's
-sha256 checked against the manifest; without one, names and sizes come from a listing. A record of
-what was copied (`.cai-source.json`) lets later calls reuse the copy without re-downloading.
+sha256 checked against the manifest; a directory without one is refused (it may be half-uploaded).
+A record of what was copied (`.cai-source.json`) lets later calls reuse the copy without re-downloading.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cai.models.cache import CHUNK, ModelResolveError, build_atomically, models_dir
 from cai.models.refs import local_dir_problem
-from cai.store import MANIFEST, file_digest, filesystem
+from cai.store import MANIFEST, UnsafePathError, file_digest, filesystem, safe_relpath
 
 if TYPE_CHECKING:
     import fsspec
@@ -30,56 +30,48 @@ def _uri_cache_dir(uri: str) -> Path:
 
 
 def _safe_relpath(rel: str, uri: str) -> str:
-    p = PurePosixPath(rel)
-    if not rel or p.is_absolute() or ".." in p.parts or "\\" in rel:
-        raise ModelResolveError(f"{uri}/{MANIFEST} lists an unsafe file path {rel!r}")
-    return p.as_posix()
+    try:
+        return safe_relpath(rel, f"{uri}/{MANIFEST}")
+    except UnsafePathError as exc:
+        raise ModelResolveError(str(exc)) from exc
 
 
 def _remote_files(
     fs: fsspec.AbstractFileSystem, root: str, uri: str
-) -> tuple[dict[str, dict[str, Any]], dict | None]:
-    """{relpath: {sha256?, bytes}} from the manifest when there is one, else from a listing."""
+) -> tuple[dict[str, dict[str, Any]], dict]:
+    """{relpath: {sha256, bytes}} from the directory's manifest.
+
+    A directory without a manifest is refused rather than listed: a listing cannot tell a finished
+    upload from one still in progress (or one that died half-way), and offers no checksums.
+    """
     try:
         with fs.open(f"{root}/{MANIFEST}", "rb") as f:
             manifest = json.loads(f.read())
     except FileNotFoundError:
-        manifest = None
+        raise ModelResolveError(
+            f"model {uri}: no {MANIFEST} there, so it is absent or still being uploaded (models in object "
+            f"storage are read only once their {MANIFEST} is written; for a local directory without one, "
+            "give its plain path instead of a file:// URI)"
+        ) from None
     except ValueError as exc:
         raise ModelResolveError(f"{uri}/{MANIFEST} is not valid JSON: {exc}") from exc
-    if manifest is not None:
-        kind = manifest.get("kind", "model")
-        if kind != "model":
-            raise ModelResolveError(f"{uri} holds a {kind!r} artifact, not a model")
-        files = {}
-        for entry in manifest.get("files", []):
-            rel = _safe_relpath(str(entry.get("path", "")), uri)
-            if not isinstance(entry.get("sha256"), str):
-                raise ModelResolveError(f"{uri}/{MANIFEST}: file {rel!r} has no sha256")
-            files[rel] = {"sha256": entry["sha256"], "bytes": entry.get("bytes")}
-        return files, manifest
-    try:
-        listing = fs.find(root, detail=True)
-    except FileNotFoundError:
-        listing = {}
-    prefix = root.rstrip("/") + "/"
+    kind = manifest.get("kind", "model")
+    if kind != "model":
+        raise ModelResolveError(f"{uri} holds a {kind!r} artifact, not a model")
     files = {}
-    for path, info in listing.items():
-        if info.get("type", "file") != "file":
-            continue
-        rel = path[len(prefix):] if path.startswith(prefix) else PurePosixPath(path).name
-        files[_safe_relpath(rel, uri)] = {"bytes": info.get("size")}
-    if not files:
-        raise ModelResolveError(f"model {uri}: nothing there (no files under it)")
-    return files, None
+    for entry in manifest.get("files", []):
+        rel = _safe_relpath(str(entry.get("path", "")), uri)
+        if not isinstance(entry.get("sha256"), str):
+            raise ModelResolveError(f"{uri}/{MANIFEST}: file {rel!r} has no sha256")
+        files[rel] = {"sha256": entry["sha256"], "bytes": entry.get("bytes")}
+    return files, manifest
 
 
 def _cached_copy_matches(dest: Path, uri: str, remote: dict[str, dict[str, Any]]) -> bool:
     """True when `dest` holds exactly what `remote` describes, without re-downloading.
 
-    With a manifest, every file's sha256 must match; a file whose size/mtime still equal what we
+    Every file's sha256 must match the manifest; a file whose size/mtime still equal what we
     recorded when we wrote it is trusted without re-hashing (hashing 500 MB on every load is slow).
-    Without a manifest, names and sizes must match the listing.
     """
     try:
         record = json.loads((dest / SOURCE_RECORD).read_text())

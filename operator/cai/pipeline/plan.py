@@ -32,6 +32,9 @@ from .conditions import is_false, is_true
 from .stagespec import StageSpec
 
 Lookup = Callable[[str, str], Resource | None]
+# Bytes of one run's stage specs (each embeds the constitution): the operator keeps them in one ConfigMap,
+# which holds at most 1 MiB. `cai validate` checks the same bound.
+PLAN_SPECS_LIMIT = 900_000
 
 
 def constitution_digest(spec: ConstitutionSpec) -> str:

@@ -29,7 +29,7 @@ from ..api.kinds import STAGES, ConstitutionSpec
 from ..models.cache import cache_dir
 from ..pipeline.stagespec import StageSpec
 from ..progress import ProgressReporter
-from ..store import WorkSync, commit_artifact, download_artifact, local_path, manifest_digest, read_manifest
+from ..store import WorkSync, commit_artifact, download_artifact, manifest_digest, read_manifest
 
 TERMINATION_LOG = Path(os.environ.get("CAI_TERMINATION_LOG", "/dev/termination-log"))
 
@@ -139,6 +139,29 @@ def _ignore_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r"TRL currently supports vLLM versions", category=UserWarning)
 
 
+def _publish(spec: StageSpec, out_dir: Path, kind: str, input_digests: dict[str, str | None], digest: str,
+             metrics: dict[str, Any]) -> dict[str, Any]:
+    """commit_artifact, with a store failure (down, credentials, quota) turned into a StageError naming the
+    artifact, so the operator gets a termination message; the previous version stays readable."""
+    try:
+        return commit_artifact(
+            out_dir,
+            spec.output,
+            kind=kind,
+            # The version lets a checker recompute inputsDigest (it includes the version that ran the stage).
+            producer={"kind": spec.kind, "name": spec.name, "namespace": spec.namespace, "stage": spec.stage,
+                      "version": __version__},
+            inputs=[{"role": role, "uri": spec.inputs[role], "sha256": d} for role, d in input_digests.items()
+                    if d],
+            inputs_digest=digest,
+            metrics=metrics,
+            extra={"models": spec.models},
+        )
+    except Exception as e:  # any store error; the traceback stays in the log
+        traceback.print_exc()
+        raise StageError(f"could not publish {spec.output}: {type(e).__name__}: {e}") from e
+
+
 def run_stage(name: str, spec_path: str, force: bool = False) -> int:
     try:
         spec = StageSpec.model_validate_json(Path(spec_path).read_text())
@@ -181,13 +204,9 @@ def run_stage(name: str, spec_path: str, force: bool = False) -> int:
 
     work_dir = _work_dir(spec)
     work_dir.mkdir(parents=True, exist_ok=True)
-    target = local_path(spec.output)
-    if target is not None:
-        # Write in place: no manifest means readers ignore the directory until commit.
-        (target / "manifest.json").unlink(missing_ok=True)
-        out_dir = target
-    else:
-        out_dir = work_dir / "out"
+    # Files are written in the work dir, local stores included, and published at the end: the previous
+    # version of the artifact stays readable until the new manifest replaces it (commit_artifact).
+    out_dir = work_dir / "out"
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     _ignore_known_warnings()
@@ -202,6 +221,12 @@ def run_stage(name: str, spec_path: str, force: bool = False) -> int:
         ctx = StageContext.of(spec, out_dir, work_dir, work)
         module = importlib.import_module(STAGES[name][1].module)
         result: StageResult = module.run(ctx)
+        if int(os.environ.get("RANK", "0")) != 0:
+            # Distributed training: every rank trains, rank 0 alone publishes.
+            print(f"[{name}] rank {os.environ['RANK']} done", file=sys.stderr)
+            return 0
+        metrics = {**result.metrics, "durationSeconds": round(time.monotonic() - started, 3)}
+        manifest = _publish(spec, out_dir, result.kind, input_digests, digest, metrics)
     except StageError as e:
         print(f"error: {e}", file=sys.stderr)
         _terminate_message(str(e))
@@ -213,31 +238,13 @@ def run_stage(name: str, spec_path: str, force: bool = False) -> int:
         traceback.print_exc()
         _terminate_message(f"{type(e).__name__}: {e}")
         return 1
-    if int(os.environ.get("RANK", "0")) != 0:
-        # Distributed training: every rank trains, rank 0 alone publishes.
-        print(f"[{name}] rank {os.environ['RANK']} done", file=sys.stderr)
-        return 0
-    metrics = {**result.metrics, "durationSeconds": round(time.monotonic() - started, 3)}
-    manifest = commit_artifact(
-        out_dir,
-        spec.output,
-        kind=result.kind,
-        # The version lets a checker recompute inputsDigest (it includes the version that ran the stage).
-        producer={"kind": spec.kind, "name": spec.name, "namespace": spec.namespace, "stage": name,
-                  "version": __version__},
-        inputs=[
-            {"role": role, "uri": spec.inputs[role], "sha256": d} for role, d in input_digests.items() if d
-        ],
-        inputs_digest=digest,
-        metrics=metrics,
-        extra={"models": spec.models},
-    )
     shutil.rmtree(work_dir, ignore_errors=True)
     if work is not None:
         try:
             work.clear()
         except Exception as e:  # noqa: BLE001 — published already; a stale copy only costs storage
-            print(f"[{name}] warning: could not remove {work.uri} ({type(e).__name__}: {e})", file=sys.stderr)
+            print(f"[{name}] warning: could not remove {work.uri} ({type(e).__name__}: {e})",
+                  file=sys.stderr)
     print(
         f"[{name}] wrote {spec.output} ({len(manifest['files'])} files) {json.dumps(metrics)}",
         file=sys.stderr,

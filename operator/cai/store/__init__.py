@@ -14,15 +14,19 @@ from .artifacts import (
     read_manifest,
     write_json,
 )
-from .fs import filesystem, join, local_path
+from .fs import StoreURIError, check_uri, filesystem, join, local_path
 from .jsonl import checkpointed, parse_jsonl, read_jsonl, write_jsonl
 from .layout import artifact_uri, resource_root, status_uri
+from .paths import UnsafePathError, safe_relpath
 from .worksync import WorkSync
 
 __all__ = [
     "MANIFEST",
+    "StoreURIError",
+    "UnsafePathError",
     "WorkSync",
     "artifact_uri",
+    "check_uri",
     "checkpointed",
     "commit_artifact",
     "download_artifact",
@@ -36,6 +40,7 @@ __all__ = [
     "read_jsonl",
     "read_manifest",
     "resource_root",
+    "safe_relpath",
     "status_uri",
     "write_json",
     "write_jsonl",

@@ -48,24 +48,47 @@ def s3_options() -> dict[str, Any]:
     return opts
 
 
+# Stores, model copies and prompt files live on S3-compatible storage or a local filesystem. Other fsspec
+# schemes (memory://, http://, ftp://, ...) are refused: they escape the storage confinement the operator
+# enforces, and unknown ones would fail later with a raw traceback.
+SCHEMES = ("s3", "file")
+ACCEPTED = "s3://bucket/prefix, file:///path or a plain path"
+
+
+class StoreURIError(ValueError):
+    """A URI whose scheme the store does not accept; the message names the URI and the accepted forms."""
+
+
+def check_uri(uri: str) -> str:
+    """`uri` normalized (see `normalize`), or StoreURIError when its scheme is not s3:// or file://."""
+    uri = normalize(uri)
+    scheme = urlparse(uri).scheme
+    if scheme not in SCHEMES:
+        raise StoreURIError(f"unsupported storage URI {uri!r}: scheme {scheme + '://'!r} is not accepted "
+                            f"(expected {ACCEPTED})")
+    return uri
+
+
 def normalize(uri: str) -> str:
     """Plain paths become absolute file:// URIs; other URIs are returned without a trailing slash."""
     if "://" not in uri:
         return Path(uri).expanduser().resolve().as_uri()
+    if uri.startswith("file://localhost/"):
+        uri = "file://" + uri[len("file://localhost"):]
+    elif uri.startswith("file://") and not uri.startswith("file:///"):
+        # file://./artifacts (the CLI's default) is relative to the working directory; read as a URI, "."
+        # would be a host name and the path /artifacts.
+        return Path(uri[len("file://"):]).expanduser().resolve().as_uri()
     return uri.rstrip("/")
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    uri = normalize(uri)
-    scheme = urlparse(uri).scheme
-    if scheme == "s3":
-        fs = fsspec.filesystem("s3", **s3_options())
-        return fs, uri[len("s3://"):]
-    if scheme == "file":
-        fs = fsspec.filesystem("file")
-        return fs, urlparse(uri).path
-    fs, path = fsspec.core.url_to_fs(uri)
-    return fs, path
+    """The filesystem and path of an s3:// or file:// URI (or plain path); StoreURIError otherwise."""
+    uri = check_uri(uri)
+    if uri.startswith("s3://"):
+        return fsspec.filesystem("s3", **s3_options()), uri[len("s3://"):]
+    # auto_mkdir: writes create parent directories, as they appear to on S3.
+    return fsspec.filesystem("file", auto_mkdir=True), urlparse(uri).path
 
 
 def join(uri: str, *parts: str) -> str:
