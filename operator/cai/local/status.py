@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from rich.console import Console, Group
 from rich.table import Table
@@ -49,12 +50,23 @@ def render_table(resources: list[Resource]) -> Group:
 def print_status(store: str, as_json: bool = False) -> int:
     from .state import all_stored
 
-    resources = all_stored(normalize(store))
+    from ..store import filesystem
+
+    uri = normalize(store)
+    fs, root = filesystem(uri)
+    # A wrong --store is the usual reason for an empty answer: say which store was read and fail, so
+    # scripts do not take "nothing there" for "nothing wrong".
+    if not fs.exists(root):
+        print(f"error: store {store} ({uri}) does not exist", file=sys.stderr)
+        return 1
+    resources = all_stored(uri)
     if as_json:
         print(json.dumps([r.to_manifest() for r in resources], indent=2))
-        return 0
     if not resources:
-        print(f"no resources in {store}")
+        print(f"error: no resources in store {store} ({uri}); run `cai run ... --store {store}` first",
+              file=sys.stderr)
+        return 1
+    if as_json:
         return 0
     Console().print(render_table(resources))
     return 0

@@ -49,9 +49,20 @@ def s3_options() -> dict[str, Any]:
 
 
 def normalize(uri: str) -> str:
-    """Plain paths become absolute file:// URIs; other URIs are returned without a trailing slash."""
+    """Plain paths and relative file:// URIs become absolute file:// URIs; other URIs are returned
+    without a trailing slash.
+
+    `file://./artifacts` (the CLI default and the README's form) means `./artifacts` under the current
+    directory; read by the URI rules its "." would be a host name and the path `/artifacts`.
+    """
     if "://" not in uri:
         return Path(uri).expanduser().resolve().as_uri()
+    if uri.startswith("file://"):
+        rest = uri[len("file://"):]
+        if rest.startswith("localhost/"):
+            rest = rest[len("localhost"):]
+        if not rest.startswith("/"):
+            return Path(rest or ".").expanduser().resolve().as_uri()
     return uri.rstrip("/")
 
 
