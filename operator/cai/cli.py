@@ -138,9 +138,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bars (plain log lines)")
     s.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("stage", help="run one stage (the entry point of the operator's pods)")
-    s.add_argument("name", help="stage name, e.g. generate-revisions")
-    s.add_argument("--spec", required=True, help="stage spec JSON file")
+    from .api.kinds import STAGES  # the stage registry (pydantic types only, no torch)
+    from .controller.builders import SPEC_FILE
+
+    stages = "\n".join(f"  {name:<22} {kind.kind}" for name, (kind, _) in STAGES.items())
+    s = sub.add_parser(
+        "stage",
+        help="run one stage (the entry point of the operator's pods)",
+        description="Run one stage of a resource and publish its artifact; an up-to-date artifact is kept.",
+        epilog=f"stages (and the kind each belongs to):\n{stages}\n\n"
+        "The spec is written for you: the operator mounts it into each stage pod from\n"
+        f"the run's ConfigMap (as {SPEC_FILE}); `cai run` writes it to a temporary file.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("name", metavar="STAGE", help="stage name (listed below)")
+    s.add_argument("--spec", required=True, metavar="FILE",
+                   help="stage spec JSON (a StageSpec: resource spec, models, input and output URIs)")
     s.add_argument("--force", action="store_true", help="run even when the output is up to date")
     s.set_defaults(func=cmd_stage)
 

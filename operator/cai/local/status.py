@@ -48,9 +48,8 @@ def render_table(resources: list[Resource]) -> Group:
 
 
 def print_status(store: str, as_json: bool = False) -> int:
-    from .state import all_stored
-
     from ..store import filesystem
+    from .state import all_stored
 
     uri = normalize(store)
     fs, root = filesystem(uri)
