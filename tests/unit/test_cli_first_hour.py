@@ -86,3 +86,109 @@ def test_missing_s3_credentials_end_in_one_line_not_a_traceback(tmp_path, monkey
     assert "s3://bucket/default/critiqueruns/x/local/generate-revisions" in message
     assert "NoCredentialsError" in message and "AWS_ACCESS_KEY_ID" in message
     assert err.strip() == f"error: {message}"
+
+
+# --- help texts --------------------------------------------------------------------------------------
+
+
+def _subparsers(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                for sub_name, subsub in _subparsers(sub):
+                    yield f"{name} {sub_name}", subsub
+
+
+def test_every_subcommand_has_a_description_and_help_fits_80_columns(monkeypatch, capsys):
+    from cai.cli import build_parser
+
+    monkeypatch.setenv("COLUMNS", "80")
+    commands = dict(_subparsers(build_parser()))
+    assert {"run", "status", "stage", "models", "models prepare", "models clean", "operator"} <= set(commands)
+    for name, parser in commands.items():
+        assert parser.description and len(parser.description) > 20, name
+        out = _help(name.split(), capsys)
+        assert parser.description.split()[0] in out, name
+        assert max(map(len, out.splitlines())) <= 80, name
+
+
+def test_models_prepare_help_lists_the_builtin_models(monkeypatch, capsys):
+    from cai.models.refs import BUILTIN_MODELS
+
+    monkeypatch.setenv("COLUMNS", "80")
+    out = _help(["models", "prepare"], capsys)
+    for name in BUILTIN_MODELS:
+        assert f"builtin:{name}" in out
+
+
+def test_operator_help_names_leader_election_kubeconfig_fallback_and_port_defaults(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "160")
+    out = " ".join(_help(["operator"], capsys).split())
+    assert "--standalone no leader election" in out
+    assert "$KUBECONFIG, else ~/.kube/config" in out
+    assert "/metrics port (default: 8080)" in out and "readiness port (default: 8081)" in out
+
+
+# --- cai models clean --------------------------------------------------------------------------------
+
+
+def _fill(path: Path, size: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "model.safetensors").write_bytes(b"\0" * size)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A model cache with a built-in model, a hub snapshot, an object-store copy and stage checkpoints."""
+    from cai.models.clean import entry_for
+
+    root = tmp_path / "cache"
+    monkeypatch.setenv("CAI_CACHE_DIR", str(root))
+    entries = {
+        "builtin:tiny-random": 3_000_000,
+        "hf:org/model": 2_000_000,
+        "s3://bucket/models/m": 1_000_000,
+    }
+    for ref, size in entries.items():
+        _fill(entry_for(ref), size)
+    _fill(root / "work" / "critiquerun-x-finetune-0123", 500_000)
+    return root, {ref: entry_for(ref) for ref in entries}
+
+
+def test_clean_named_refs_removes_only_those_and_prints_them_with_sizes(cache, capsys):
+    root, entries = cache
+    assert main(["models", "clean", "builtin:tiny-random", "hf:org/model"]) == 0
+    out = capsys.readouterr().out
+    assert f"removed {entries['builtin:tiny-random']}\t3.0 MB" in out
+    assert f"removed {entries['hf:org/model']}\t2.0 MB" in out
+    assert "freed 5.0 MB in 2 item(s)" in out
+    assert not entries["builtin:tiny-random"].exists() and not entries["hf:org/model"].exists()
+    assert entries["s3://bucket/models/m"].exists() and (root / "work").exists()
+
+
+def test_clean_everything_keeps_stage_checkpoints_and_says_so(cache, capsys):
+    root, entries = cache
+    assert main(["models", "clean"]) == 0
+    captured = capsys.readouterr()
+    for path in entries.values():
+        assert not path.exists()
+        assert f"removed {path}\t" in captured.out
+    assert "freed 6.0 MB in 3 item(s)" in captured.out
+    assert f"kept {root / 'work'} (0.5 MB)" in captured.err
+    assert (root / "work" / "critiquerun-x-finetune-0123").exists()
+    assert main(["models", "clean"]) == 0
+    assert "no models in the cache" in capsys.readouterr().err
+
+
+def test_clean_reports_what_it_does_not_remove(cache, capsys, tmp_path):
+    assert main(["models", "clean", "builtin:smollm2-135m-instruct"]) == 0
+    assert "builtin:smollm2-135m-instruct: not in the cache" in capsys.readouterr().err
+    model_dir = tmp_path / "my-model"
+    _fill(model_dir, 10)
+    assert main(["models", "clean", str(model_dir)]) == 1
+    assert "not removed" in capsys.readouterr().err and model_dir.exists()
+    assert main(["models", "clean", "builtin:nope"]) == 1
+    assert "unknown builtin model 'nope'" in capsys.readouterr().err
