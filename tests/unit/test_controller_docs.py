@@ -40,7 +40,7 @@ def test_hello_example_is_valid_and_small():
     from cai.api.manifest import parse_resource
 
     text = (DOCS / "operator.md").read_text()
-    block = re.search(r"apply -f - <<'EOF'\n(.*?)\nEOF\n", text, re.S)
+    block = re.search(r"apply -f - <<'EOF'\n(.*?)\nEOF\n", text, re.DOTALL)
     assert block, "docs/operator.md: the `hello` CritiqueRun heredoc is missing"
     res, problems = parse_resource(yaml.safe_load(block.group(1)), "docs/operator.md")
     assert not problems and res is not None and res.name == "hello"
