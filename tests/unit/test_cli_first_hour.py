@@ -192,3 +192,124 @@ def test_clean_reports_what_it_does_not_remove(cache, capsys, tmp_path):
     assert "not removed" in capsys.readouterr().err and model_dir.exists()
     assert main(["models", "clean", "builtin:nope"]) == 1
     assert "unknown builtin model 'nope'" in capsys.readouterr().err
+
+
+# --- terminal output of cai status / cai report ------------------------------------------------------
+
+WIDTHS = [80, 160]
+METRICS = {  # what an RLAIFRun's status holds after the quickstart: about 30 figures
+    **{f"winRate{s}{p}{x}": 0.5 + i / 100 for i, (s, p, x) in enumerate(
+        (s, p, x) for s in ("Harmless", "Helpful") for p in ("RlVsStart", "SlVsStart", "RlVsSl")
+        for x in ("", "CiLow", "CiHigh"))},
+    "rewardFirst": 0.584, "rewardLast": 0.571, "rewardMean": 0.56, "kl": 0.0123, "klLast": 0.015,
+    "steps": 16, "evaluatedPrompts": 10, "helpfulPrompts": 6, "tokensPerSecond": 103.5,
+    "heldOutAccuracy": 0.625, "calibrationError": 0.083, "trainPolicySeconds": 280.0,
+}
+
+
+def _stored(tmp_path: Path) -> tuple[str, list]:
+    """The quickstart's three runs, finished, in a store under a long path (URIs longer than 80)."""
+    import yaml
+
+    from cai.api.manifest import parse_resource
+    from cai.local import state
+
+    root = tmp_path / "a-rather-long-directory-name-for-artifacts" / "of-the-first-hour-demo"
+    store = root.as_uri()
+    resources = []
+    for path in sorted((Path(__file__).resolve().parents[2] / "examples" / "quickstart").glob("*.yaml")):
+        res, problems = parse_resource(yaml.safe_load(path.read_text()), path.name)
+        assert res is not None and not problems
+        base = f"{store}/default/{res.info.plural}/{res.name}/local"
+        outputs = {field: f"{base}/{field}" for field in res.info.status.model_fields["outputs"].annotation.model_fields}
+        if "report" in outputs:
+            outputs["report"] = f"{base}/evaluate/report.html"
+        res.status = res.info.status.model_validate({
+            "conditions": [{"type": res.info.summary_condition, "status": "True", "reason": "Completed"}],
+            "stages": [{"name": s.name, "completionTime": "2026-12-05T08:00:00Z"} for s in res.info.stages],
+            "outputs": outputs,
+            "metrics": METRICS if res.kind == "RLAIFRun" else {"rows": 12.0, "finalLoss": 1.25},
+        })
+        state.save(store, res)
+        resources.append(res)
+    return store, resources
+
+
+def _table_rows(out: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("│").split("│")] for line in out.splitlines()
+            if line.startswith("│") and "KIND" not in line]
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_status_output_piped_at_80_and_160_columns(tmp_path, monkeypatch, capsys, width):
+    store, resources = _stored(tmp_path)
+    monkeypatch.setenv("COLUMNS", str(width))
+    assert main(["status", "--store", store]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    # Table cells are whole words: one row per resource, each cell exactly its value.
+    expected = [[r.kind, r.name, f"{r.info.summary_condition}=True", "Completed"] for r in resources]
+    assert _table_rows(out) == expected
+    # Every URI is on one line, whole (piped output is never hard-wrapped inside a URI).
+    for res in resources:
+        for uri in res.status.outputs.to_wire().values():
+            assert len(uri) > 80
+            assert any(line.endswith(uri) for line in lines), uri
+    # Metrics: sorted, laid out in lines that fit, no entry split.
+    rl_block = lines[lines.index("RLAIFRun/quickstart-rl"):]
+    metric_lines = rl_block[rl_block.index("  metrics:") + 1:]
+    metric_lines = metric_lines[:next((i for i, ln in enumerate(metric_lines) if not ln.startswith("    ")),
+                                      len(metric_lines))]
+    assert len(metric_lines) > 1 and all(len(ln) <= width for ln in metric_lines)
+    entries = [e for line in metric_lines for e in line.strip().split("  ")]
+    shown = {k: v for k, v in METRICS.items() if not k.endswith("Seconds") and "Ci" not in k}
+    # A win rate and its interval are one entry: the interval is never on another line.
+    expected = [f"{k}={v:g}" + (f" [{METRICS[k + 'CiLow']:g}, {METRICS[k + 'CiHigh']:g}]"
+                                if k.startswith("winRate") else "") for k, v in sorted(shown.items())]
+    assert entries == expected
+
+
+def test_status_too_narrow_for_a_table_puts_the_summary_in_each_block(tmp_path, monkeypatch, capsys):
+    store, resources = _stored(tmp_path)
+    monkeypatch.setenv("COLUMNS", "50")
+    assert main(["status", "--store", store]) == 0
+    out = capsys.readouterr().out
+    assert "│" not in out
+    for res in resources:
+        assert f"{res.display}\n  {res.info.summary_condition}=True  Completed\n" in out
+
+
+def _report_store(tmp_path: Path) -> str:
+    import json
+
+    store, resources = _stored(tmp_path)
+    report = next(r for r in resources if r.kind == "RLAIFRun").status.outputs.report
+    summary_dir = Path(report[len("file://"):]).parent
+    summary_dir.mkdir(parents=True)
+    win = {"n": 10, "winRate": 0.498, "ciLow": 0.489, "ciHigh": 0.508, "hardWinRate": 0.5}
+    (summary_dir / "summary.json").write_text(json.dumps({
+        "name": "quickstart-rl",
+        "winRates": {s: {p: win for p in ("rl_vs_start", "sl_vs_start", "rl_vs_sl")}
+                     for s in ("harmless", "helpful")},
+        "preferenceModel": {"heldOut": 8, "heldOutAccuracy": 0.625, "calibrationError": 0.083},
+        "rl": {"algorithm": "rloo", "steps": 16, "rewardFirst": 0.584, "rewardMean": 0.56, "kl": 0.0123},
+    }))
+    return store
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_report_keeps_confidence_intervals_and_figures_on_one_line(tmp_path, monkeypatch, capsys, width):
+    store = _report_store(tmp_path)
+    monkeypatch.setenv("COLUMNS", str(width))
+    assert main(["report", "quickstart-rl", "--store", store]) == 0
+    out = capsys.readouterr().out
+    monkeypatch.setenv("COLUMNS", "1000")
+    assert main(["report", "quickstart-rl", "--store", store]) == 0
+    words = set(capsys.readouterr().out.replace("│", " ").split())  # unwrapped: every word whole
+    table_lines = [line for line in out.splitlines() if "│" in line]
+    assert all(len(line) <= width for line in table_lines)
+    broken = {w for line in table_lines for w in line.replace("│", " ").split()} - words
+    assert not broken, f"words broken in table cells: {broken}"
+    assert out.count("[0.489, 0.508]") == 6  # every interval whole, on one line
+    assert "0.584 → 0.560" in out
+    assert any(line.startswith("report: ") and line.endswith("/evaluate/report.html") for line in out.splitlines())

@@ -36,7 +36,7 @@ from ..store import manifest_digest, read_manifest
 from ..store.fs import normalize
 from ..validation import validate_paths
 from . import state
-from .status import render_table
+from .status import print_resources
 
 console = Console(stderr=True)
 
@@ -194,5 +194,5 @@ def run_local(
             "[yellow]interrupted: finished stages are kept; run the same command again to resume[/yellow]"
         )
         return 130
-    console.print(render_table(ordered))
+    print_resources(console, ordered)
     return 0 if ok else 1
