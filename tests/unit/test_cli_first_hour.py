@@ -198,8 +198,9 @@ def test_clean_reports_what_it_does_not_remove(cache, capsys, tmp_path):
 
 WIDTHS = [80, 160]
 METRICS = {  # what an RLAIFRun's status holds after the quickstart: about 30 figures
-    **{f"winRate{s}{p}{x}": 0.5 + i / 100 for i, (s, p, x) in enumerate(
-        (s, p, x) for s in ("Harmless", "Helpful") for p in ("RlVsStart", "SlVsStart", "RlVsSl")
+    **{f"{name}{x}": 0.5 + i / 100 for i, (name, x) in enumerate(
+        (name, x) for name in ("harmlessWinRate", "helpfulWinRate", "harmlessWinRateVsStart",
+                               "helpfulWinRateVsStart", "slHarmlessWinRateVsStart", "slHelpfulWinRateVsStart")
         for x in ("", "CiLow", "CiHigh"))},
     "rewardFirst": 0.584, "rewardLast": 0.571, "rewardMean": 0.56, "kl": 0.0123, "klLast": 0.015,
     "steps": 16, "evaluatedPrompts": 10, "helpfulPrompts": 6, "tokensPerSecond": 103.5,
@@ -265,7 +266,7 @@ def test_status_output_piped_at_80_and_160_columns(tmp_path, monkeypatch, capsys
     shown = {k: v for k, v in METRICS.items() if not k.endswith("Seconds") and "Ci" not in k}
     # A win rate and its interval are one entry: the interval is never on another line.
     expected = [f"{k}={v:g}" + (f" [{METRICS[k + 'CiLow']:g}, {METRICS[k + 'CiHigh']:g}]"
-                                if k.startswith("winRate") else "") for k, v in sorted(shown.items())]
+                                if "WinRate" in k else "") for k, v in sorted(shown.items())]
     assert entries == expected
 
 
@@ -310,6 +311,9 @@ def test_report_keeps_confidence_intervals_and_figures_on_one_line(tmp_path, mon
     assert all(len(line) <= width for line in table_lines)
     broken = {w for line in table_lines for w in line.replace("│", " ").split()} - words
     assert not broken, f"words broken in table cells: {broken}"
-    assert out.count("[0.489, 0.508]") == 6  # every interval whole, on one line
+    # The verdict comes first; every interval (its own and the table's six) is whole, on one line.
+    verdict = " ".join(out.split("\n\n")[0].split("RL-CAI evaluation")[0].split())
+    assert verdict.startswith("Too few prompts to show an effect on harmlessness (RL-CAI vs start 0.498, 95% CI")
+    assert out.count("[0.489, 0.508]") == 7
     assert "0.584 → 0.560" in out
     assert any(line.startswith("report: ") and line.endswith("/evaluate/report.html") for line in out.splitlines())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from typing import Any
 
@@ -16,6 +17,7 @@ from rich.console import Console, Group
 from rich.table import Table
 
 from ..api.kinds import RLAIFRunStatus
+from ..feedback.verdict import verdict
 from ..pipeline.conditions import get_condition
 from ..store import filesystem, local_path
 from ..store.fs import normalize
@@ -27,6 +29,17 @@ SETS = {"harmless": "harmless (red-team)", "helpful": "helpful"}
 
 def _f(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if isinstance(x, (int, float)) and math.isfinite(x) else "n/a"
+
+
+def wrap_keeping_intervals(text: str, width: int) -> list[str]:
+    """Lines of at most `width` broken between words, never inside a bracketed interval "[a, b]"."""
+    lines: list[str] = []
+    for token in re.findall(r"\[[^\]]*\][^\s]*|\S+", text):
+        if lines and len(lines[-1]) + 1 + len(token) <= width:
+            lines[-1] += " " + token
+        else:
+            lines.append(token)
+    return lines
 
 
 def load_summary(report_uri: str) -> dict[str, Any] | None:
@@ -89,6 +102,9 @@ def print_report(store: str, name: str, namespace: str = "default") -> int:
         print(f"error: {report}: summary.json not found next to the report", file=sys.stderr)
         return 1
     console = Console()
+    # The answer first, in one sentence (computed from the summary: older reports get it too).
+    console.print("\n".join(wrap_keeping_intervals(verdict(summary), console.width)), highlight=False,
+                  soft_wrap=True)
     console.print(summary_table(summary))
     lp = local_path(report)
     console.print(f"report: {lp if lp is not None else report}", highlight=False, soft_wrap=True)

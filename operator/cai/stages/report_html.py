@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..feedback.statistics import accuracy, expected_calibration_error, reliability
+from ..feedback.verdict import verdict
 
 PAIR_TITLES = {
     "rl_vs_sl": "RL-CAI vs SL-CAI",
@@ -248,6 +249,7 @@ def write_report(
         "plots": plots,
         "report": "report.html",
     }
+    summary["verdict"] = verdict(summary)
 
     judged = {(j["set"], j["first"], j["second"], str(j["id"])): j["pA"] for j in judgements}
     parts: list[str] = [
@@ -263,6 +265,7 @@ def write_report(
             ".note{color:#666;font-size:0.9em}</style></head><body>"
         ),
         f"<h1>RL-CAI evaluation: {_e(name)}</h1>",
+        f"<p class='verdict'><strong>{_e(summary['verdict'])}</strong></p>",
         (
             f"<p class='note'>Generated {_e(summary['createdAt'])} by cai-operator stage "
             "<code>evaluate</code>. "

@@ -1,0 +1,60 @@
+"""The report answers its question first (issue 16): one sentence saying whether RL-CAI made the model
+more harmless, with the judge, n and the interval; too few prompts are called that, not "no effect"."""
+
+from __future__ import annotations
+
+import pytest
+
+from cai.feedback.verdict import MIN_PROMPTS, verdict
+
+
+def summary(rate: float, low: float, high: float, n: int, independent: bool = True) -> dict:
+    wr = {"n": n, "winRate": rate, "ciLow": low, "ciHigh": high, "hardWinRate": rate, "hardCiLow": low,
+          "hardCiHigh": high}
+    return {"winRates": {"harmless": {"rl_vs_start": wr, "rl_vs_sl": {**wr, "n": 99}}},
+            "judge": {"model": "builtin:qwen2.5-coder-1.5b-instruct", "independent": independent}}
+
+
+FIGURES = "(RL-CAI vs start {:.3f}, 95% CI [{:.3f}, {:.3f}], n = {}, judged by builtin:qwen2.5-coder-1.5b-instruct)"
+
+
+@pytest.mark.parametrize(("rate", "low", "high", "start"), [
+    (0.66, 0.58, 0.73, "RL-CAI is more harmless than the start model"),
+    (0.40, 0.31, 0.47, "RL-CAI is less harmless than the start model"),
+    (0.498, 0.489, 0.508, "No measurable change in harmlessness"),
+])
+def test_verdict_states_the_effect_with_judge_n_and_interval(rate, low, high, start):
+    n = MIN_PROMPTS + 10
+    assert verdict(summary(rate, low, high, n)) == f"{start} {FIGURES.format(rate, low, high, n)}."
+
+
+def test_too_few_prompts_is_said_even_when_the_interval_excludes_one_half():
+    for low, high in ((0.489, 0.508), (0.55, 0.6)):
+        text = verdict(summary(0.57, low, high, 10))
+        assert text.startswith("Too few prompts to show an effect on harmlessness (")
+        assert "n = 10" in text and f"at least {MIN_PROMPTS} red-team prompts" in text
+        assert "redTeamPrompts.limit" in text
+
+
+def test_verdict_names_a_judge_that_is_not_independent_and_missing_comparisons():
+    assert "judged by builtin:qwen2.5-coder-1.5b-instruct, not independent)" in verdict(
+        summary(0.5, 0.45, 0.55, 40, independent=False))
+    assert verdict({"winRates": {}}).startswith("No verdict on harmlessness")
+    # Without a start comparison (SL-CAI is the start), RL-CAI vs SL-CAI answers the question.
+    only_sl = {"winRates": {"harmless": {"rl_vs_sl": {"n": 40, "winRate": 0.7, "ciLow": 0.6, "ciHigh": 0.8}}}}
+    assert verdict(only_sl).startswith("RL-CAI is more harmless than the start model (RL-CAI vs SL-CAI 0.700")
+
+
+def test_report_html_opens_with_the_verdict(tmp_path):
+    pytest.importorskip("matplotlib")
+    from cai.stages.report_html import write_report
+
+    s = summary(0.498, 0.489, 0.508, 10)
+    written = write_report(
+        tmp_path, name="rl", refs={"start": "a", "sl": "b", "rl": "c"}, feedback="f", reward="r",
+        algorithm="rloo", kl_coef=0.05, win_rates=s["winRates"], pm_scores={}, generations=[], judgements=[],
+        heldout=[], pm_metrics={}, rl_log=[], rl_metrics={}, judge={**s["judge"], "notIndependentBecause": None},
+    )
+    assert written["verdict"] == verdict(s)
+    page = (tmp_path / "report.html").read_text()
+    assert page.index("Too few prompts to show an effect") < page.index("<h2>")
