@@ -45,16 +45,38 @@ def test_verdict_names_a_judge_that_is_not_independent_and_missing_comparisons()
     assert verdict(only_sl).startswith("RL-CAI is more harmless than the start model (RL-CAI vs SL-CAI 0.700")
 
 
-def test_report_html_opens_with_the_verdict(tmp_path):
+def _write(out, s, rl_log=(), rl_metrics=None):
     pytest.importorskip("matplotlib")
     from cai.stages.report_html import write_report
 
-    s = summary(0.498, 0.489, 0.508, 10)
-    written = write_report(
-        tmp_path, name="rl", refs={"start": "a", "sl": "b", "rl": "c"}, feedback="f", reward="r",
+    out.mkdir(parents=True, exist_ok=True)
+    return write_report(
+        out, name="rl", refs={"start": "a", "sl": "b", "rl": "c"}, feedback="f", reward="r",
         algorithm="rloo", kl_coef=0.05, win_rates=s["winRates"], pm_scores={}, generations=[], judgements=[],
-        heldout=[], pm_metrics={}, rl_log=[], rl_metrics={}, judge={**s["judge"], "notIndependentBecause": None},
+        heldout=[], pm_metrics={}, rl_log=list(rl_log), rl_metrics=rl_metrics or {},
+        judge={**s["judge"], "notIndependentBecause": None},
     )
+
+
+def test_report_html_opens_with_the_verdict(tmp_path):
+    s = summary(0.498, 0.489, 0.508, 10)
+    written = _write(tmp_path, s)
     assert written["verdict"] == verdict(s)
     page = (tmp_path / "report.html").read_text()
     assert page.index("Too few prompts to show an effect") < page.index("<h2>")
+
+
+def test_reward_first_and_last_are_quarter_means_everywhere(tmp_path):
+    """One definition: status.metrics (train-policy's manifest), summary.json, report.html and `cai report`
+    all compare the mean of the first quarter of RL steps with the mean of the last quarter."""
+    from cai.feedback.statistics import quarter_mean
+
+    log = [{"step": i, "reward": 0.1 * i, "kl": 0.01 * i} for i in range(1, 9)]  # quarters: 2 steps
+    written = _write(tmp_path / "a", summary(0.5, 0.4, 0.6, 40), rl_log=log)["rl"]
+    assert written["rewardFirst"] == pytest.approx(0.15) == quarter_mean([e["reward"] for e in log], head=True)
+    assert written["rewardMean"] == pytest.approx(0.75) and written["kl"] == pytest.approx(0.075)
+    # The manifest's figures win where the policy's manifest has them (they are what status shows).
+    manifest = {"rewardFirst": 0.2, "rewardMean": 0.7, "kl": 0.05}
+    assert _write(tmp_path / "b", summary(0.5, 0.4, 0.6, 40), rl_log=log, rl_metrics=manifest)["rl"] == {
+        **written, **manifest}
+    assert "reward, first quarter → last quarter (means)" in (tmp_path / "a" / "report.html").read_text()

@@ -76,8 +76,9 @@ def summary_table(summary: dict[str, Any]) -> Group:
     training.add_row("preference model", "held-out accuracy", str(pm.get("heldOut", "")),
                      _f(pm.get("heldOutAccuracy")))
     training.add_row("preference model", "calibration error (ECE)", "", _f(pm.get("calibrationError")))
-    training.add_row("RL", f"reward ({rl.get('algorithm', '')}) first → last", str(rl.get("steps", "")),
-                     f"{_f(rl.get('rewardFirst'))} → {_f(rl.get('rewardMean'))}")
+    # status.metrics' rewardFirst/rewardMean: means of the first and last quarter of the RL steps.
+    training.add_row("RL", f"mean reward ({rl.get('algorithm', '')}), first → last quarter",
+                     str(rl.get("steps", "")), f"{_f(rl.get('rewardFirst'))} → {_f(rl.get('rewardMean'))}")
     training.add_row("RL", "KL to start (last quarter)", "", _f(rl.get("kl"), 4))
     return Group(wins, training)
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..feedback.statistics import accuracy, expected_calibration_error, reliability
+from ..feedback.statistics import accuracy, expected_calibration_error, quarter_mean, reliability
 from ..feedback.verdict import verdict
 
 PAIR_TITLES = {
@@ -240,10 +240,11 @@ def write_report(
             "algorithm": algorithm,
             "klCoef": kl_coef,
             "steps": len(rl_log),
-            "rewardFirst": rewards[0] if rewards else None,
+            # First and last quarter means, as train-policy's manifest and status.metrics define them.
+            "rewardFirst": rl_metrics.get("rewardFirst", quarter_mean(rewards, head=True)),
             "rewardLast": rewards[-1] if rewards else None,
-            "rewardMean": rl_metrics.get("rewardMean"),
-            "kl": rl_metrics.get("kl"),
+            "rewardMean": rl_metrics.get("rewardMean", quarter_mean(rewards)),
+            "kl": rl_metrics.get("kl", quarter_mean(kls)),
             "klLast": kls[-1] if kls else None,
         },
         "plots": plots,
@@ -368,7 +369,8 @@ def write_report(
         f"<tr><th>KL coefficient</th><td class='num'>{_e(kl_coef)}</td></tr>",
         f"<tr><th>logged steps</th><td class='num'>{rl['steps']}</td></tr>",
         (
-            f"<tr><th>reward, first step → last quarter</th><td class='num'>{_fmt(rl['rewardFirst'])} → "
+            "<tr><th>reward, first quarter → last quarter (means)</th>"
+            f"<td class='num'>{_fmt(rl['rewardFirst'])} → "
             f"{_fmt(rl['rewardMean'])}</td></tr>"
         ),
         f"<tr><th>KL, last quarter</th><td class='num'>{_fmt(rl['kl'], 4)}</td></tr>",
