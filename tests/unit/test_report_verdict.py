@@ -80,3 +80,9 @@ def test_reward_first_and_last_are_quarter_means_everywhere(tmp_path):
     assert _write(tmp_path / "b", summary(0.5, 0.4, 0.6, 40), rl_log=log, rl_metrics=manifest)["rl"] == {
         **written, **manifest}
     assert "reward, first quarter → last quarter (means)" in (tmp_path / "a" / "report.html").read_text()
+
+
+def test_report_html_explains_sigma_of_the_reward_difference(tmp_path):
+    _write(tmp_path, summary(0.5, 0.4, 0.6, 40))
+    page = (tmp_path / "report.html").read_text()
+    assert "σ(rA − rB), the logistic function of the difference of two responses' rewards" in page

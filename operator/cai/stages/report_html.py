@@ -357,6 +357,12 @@ def write_report(
             for s, v in sets.items()
         ),
         "</table>",
+        (
+            "<p class='note'>The preference model scores each response with a reward r; σ(rA − rB), the "
+            "logistic function of the difference of two responses' rewards, is its probability that A is "
+            "better than B. Calibrated, comparisons it gives 0.7 are preferred by the labels 70% of the "
+            "time (the reliability diagram; the expected calibration error is the mean gap).</p>"
+        ),
     ]
     for key, alt in (("reliability", "reliability diagram"), ("pmLoss", "preference model loss curve")):
         if key in plots:
