@@ -22,6 +22,7 @@ from .training import (
     loss_curve,
     nan_guard,
     raise_if_nan,
+    step_progress,
     write_model_card,
 )
 
@@ -90,7 +91,7 @@ def run(ctx: StageContext[CritiqueRunSpec]) -> StageResult:
         train_dataset=datasets.Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=lora_config(ft.lora) if ft.lora else None,
-        callbacks=[guard],
+        callbacks=[guard, step_progress(ctx, "fine-tune")],
     )
     resume = last_checkpoint(checkpoints)
     if resume:
