@@ -317,3 +317,18 @@ def test_report_keeps_confidence_intervals_and_figures_on_one_line(tmp_path, mon
     assert out.count("[0.489, 0.508]") == 7
     assert "0.584 → 0.560" in out
     assert any(line.startswith("report: ") and line.endswith("/evaluate/report.html") for line in out.splitlines())
+
+
+def test_report_names_degenerate_responses_after_the_verdict(tmp_path, monkeypatch, capsys):
+    import json
+
+    store = _report_store(tmp_path)
+    path = next(tmp_path.rglob("summary.json"))
+    doc = json.loads(path.read_text())
+    doc["degenerate"] = {"start": {"degenerate": 0, "responses": 16}, "rl": {"degenerate": 3, "responses": 16}}
+    path.write_text(json.dumps(doc))
+    monkeypatch.setenv("COLUMNS", "160")
+    assert main(["report", "quickstart-rl", "--store", store]) == 0
+    head = capsys.readouterr().out.split("RL-CAI evaluation")[0]
+    assert head.index("Too few prompts") < head.index("Degenerate responses") and "3 of 16 RL-CAI" in head
+    assert "start" not in head.split("Degenerate responses")[1]

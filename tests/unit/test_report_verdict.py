@@ -86,3 +86,31 @@ def test_report_html_explains_sigma_of_the_reward_difference(tmp_path):
     _write(tmp_path, summary(0.5, 0.4, 0.6, 40))
     page = (tmp_path / "report.html").read_text()
     assert "σ(rA − rB), the logistic function of the difference of two responses' rewards" in page
+
+
+def test_degenerate_responses_are_counted_and_reported(tmp_path):
+    from cai.feedback.verdict import degenerate_counts, is_degenerate
+
+    assert is_degenerate("1. 1. 1. 1. 1. 1. 1. 1. 1. 1.") and is_degenerate("  ")
+    assert not is_degenerate("I can't help with that, but here is a safer way to think about it.")
+    assert not is_degenerate("No.")  # short is not degenerate
+    generations = [
+        {"set": "harmless", "id": "1", "prompt": "p", "start": "A fine answer to the question asked here.",
+         "sl": "1. 1. 1. 1. 1. 1. 1. 1.", "rl": "1. 1. 1. 1. 1. 1. 1. 1. 1."},
+        {"set": "helpful", "id": "2", "prompt": "q", "start": "Another fine answer, with some detail in it.",
+         "sl": "Sure, here it is, explained step by step.", "rl": ""},
+    ]
+    assert degenerate_counts(generations) == {"start": {"degenerate": 0, "responses": 2},
+                                              "sl": {"degenerate": 1, "responses": 2},
+                                              "rl": {"degenerate": 2, "responses": 2}}
+    pytest.importorskip("matplotlib")
+    from cai.stages.report_html import write_report
+
+    s = summary(0.5, 0.4, 0.6, 40)
+    write_report(tmp_path, name="rl", refs={"start": "a", "sl": "b", "rl": "c"}, feedback="f", reward="r",
+                 algorithm="rloo", kl_coef=0.05, win_rates=s["winRates"], pm_scores={}, generations=generations,
+                 judgements=[], heldout=[], pm_metrics={}, rl_log=[], rl_metrics={},
+                 judge={**s["judge"], "notIndependentBecause": None})
+    page = (tmp_path / "report.html").read_text()
+    note = page.index("Degenerate responses")
+    assert note < page.index("<h2>") and "1 of 2 SL-CAI, 2 of 2 RL-CAI" in page

@@ -15,6 +15,43 @@ from typing import Any
 MIN_PROMPTS = 30
 
 
+# A response whose words are this repetitive ("1. 1. 1. …", "I I I I") says nothing, whatever a judge
+# makes of it: fewer than 1 distinct word in 5 over at least 8 words.
+DEGENERATE_MIN_WORDS, DEGENERATE_DISTINCT = 8, 0.2
+ROLE_NAMES = {"start": "start", "sl": "SL-CAI", "rl": "RL-CAI"}
+
+
+def is_degenerate(text: str) -> bool:
+    """Empty, or a run of a few repeated words."""
+    words = text.split()
+    if not words:
+        return True
+    return len(words) >= DEGENERATE_MIN_WORDS and len(set(words)) / len(words) < DEGENERATE_DISTINCT
+
+
+def degenerate_counts(generations: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per model role: how many of its evaluation responses are degenerate, and of how many."""
+    counts: dict[str, dict[str, int]] = {}
+    for row in generations:
+        for role in ROLE_NAMES:
+            if isinstance(row.get(role), str):
+                c = counts.setdefault(role, {"degenerate": 0, "responses": 0})
+                c["responses"] += 1
+                c["degenerate"] += is_degenerate(row[role])
+    return counts
+
+
+def degenerate_note(summary: dict[str, Any]) -> str | None:
+    """One sentence when some evaluated responses are degenerate, else None."""
+    counts = summary.get("degenerate") or {}
+    parts = [f"{c['degenerate']} of {c['responses']} {ROLE_NAMES.get(role, role)}"
+             for role, c in counts.items() if c.get("degenerate")]
+    if not parts:
+        return None
+    return ("Degenerate responses (empty, or a few words repeated, e.g. \"1. 1. 1. …\"): "
+            f"{', '.join(parts)}; the win rates compare such text too.")
+
+
 def _num(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 

@@ -17,7 +17,7 @@ from rich.console import Console, Group
 from rich.table import Table
 
 from ..api.kinds import RLAIFRunStatus
-from ..feedback.verdict import verdict
+from ..feedback.verdict import degenerate_note, verdict
 from ..pipeline.conditions import get_condition
 from ..store import filesystem, local_path
 from ..store.fs import normalize
@@ -104,8 +104,10 @@ def print_report(store: str, name: str, namespace: str = "default") -> int:
         return 1
     console = Console()
     # The answer first, in one sentence (computed from the summary: older reports get it too).
-    console.print("\n".join(wrap_keeping_intervals(verdict(summary), console.width)), highlight=False,
-                  soft_wrap=True)
+    for sentence in (verdict(summary), degenerate_note(summary)):
+        if sentence:
+            console.print("\n".join(wrap_keeping_intervals(sentence, console.width)), highlight=False,
+                          soft_wrap=True)
     console.print(summary_table(summary))
     lp = local_path(report)
     console.print(f"report: {lp if lp is not None else report}", highlight=False, soft_wrap=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..feedback.statistics import accuracy, expected_calibration_error, quarter_mean, reliability
-from ..feedback.verdict import verdict
+from ..feedback.verdict import degenerate_counts, degenerate_note, verdict
 
 PAIR_TITLES = {
     "rl_vs_sl": "RL-CAI vs SL-CAI",
@@ -250,7 +250,9 @@ def write_report(
         "plots": plots,
         "report": "report.html",
     }
+    summary["degenerate"] = degenerate_counts(generations)
     summary["verdict"] = verdict(summary)
+    note = degenerate_note(summary)
 
     judged = {(j["set"], j["first"], j["second"], str(j["id"])): j["pA"] for j in judgements}
     parts: list[str] = [
@@ -267,6 +269,7 @@ def write_report(
         ),
         f"<h1>RL-CAI evaluation: {_e(name)}</h1>",
         f"<p class='verdict'><strong>{_e(summary['verdict'])}</strong></p>",
+        f"<p class='verdict'>{_e(note)}</p>" if note else "",
         (
             f"<p class='note'>Generated {_e(summary['createdAt'])} by cai-operator stage "
             "<code>evaluate</code>. "
