@@ -6,11 +6,12 @@ Imports stay light here (no torch): subcommands import what they need when they 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import textwrap
 from pathlib import Path
 
 DEFAULT_STORE = "file://./artifacts"
-STORE_HELP = f"artifact store: s3://bucket/prefix, file:///path or a path (default {DEFAULT_STORE})"
 
 
 def _store(value: str) -> str:
@@ -21,6 +22,30 @@ def _store(value: str) -> str:
         return check_uri(value)
     except StoreURIError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Fills description and epilog paragraphs to the terminal width, and keeps list items ("  term
+    text") one per line with their text wrapped under it, so generated lists (stages, built-in models)
+    read at 80 columns."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out = []
+        for paragraph in text.split("\n\n"):
+            lines = paragraph.splitlines()
+            if not all(line.startswith("  ") for line in lines[1:]):
+                out.append(textwrap.fill(" ".join(paragraph.split()), width, initial_indent=indent,
+                                         subsequent_indent=indent))
+                continue
+            # A heading line, then items "  term  text" with the terms padded to one column.
+            block = [textwrap.fill(lines[0], width, initial_indent=indent, subsequent_indent=indent)]
+            for line in lines[1:]:
+                term = re.match(r" +\S+ +", line)
+                pad = " " * (term.end() if term else 4)
+                block.append(textwrap.fill(line, width, initial_indent=indent,
+                                           subsequent_indent=indent + pad, break_on_hyphens=False))
+            out.append("\n".join(block))
+        return "\n\n".join(out)
 
 
 def _repo_crds_dir() -> Path:
@@ -109,6 +134,21 @@ def cmd_models(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_models_clean(args: argparse.Namespace) -> int:
+    """`cai models clean [REF...]`: remove cached models, printing each with its size."""
+    from .models.clean import clean
+
+    result = clean(args.refs)
+    for path, size in result.removed:
+        print(f"removed {path}\t{size / 1e6:.1f} MB")
+    for note in result.notes:
+        print(note, file=sys.stderr)
+    if result.removed:
+        total = sum(size for _, size in result.removed)
+        print(f"freed {total / 1e6:.1f} MB in {len(result.removed)} item(s)")
+    return 1 if result.failed else 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .local.report import print_report
 
@@ -128,12 +168,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__import__('cai').__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("crds", help="write crds/*.yaml from the API types (or --check they are current)")
-    s.add_argument("--out", default=str(_repo_crds_dir()), help="output directory (default: crds)")
+    s = sub.add_parser(
+        "crds",
+        formatter_class=_HelpFormatter,
+        help="write crds/*.yaml from the API types (or --check they are current)",
+        description="Generate the CustomResourceDefinitions from the API types into crds/ and the chart's "
+        "copy, or check that the files are current.",
+    )
+    s.add_argument("--out", default=str(_repo_crds_dir()), help="output directory (default: %(default)s)")
     s.add_argument("--check", action="store_true", help="exit 1 when the files differ from the API types")
     s.set_defaults(func=cmd_crds)
 
-    s = sub.add_parser("validate", help="validate manifests offline with the same rules as the CRDs")
+    s = sub.add_parser(
+        "validate",
+        formatter_class=_HelpFormatter,
+        help="validate manifests offline with the same rules as the CRDs",
+        description="Check manifests offline with the rules the CRDs enforce in the cluster, plus the "
+        "references between objects; prints every problem with its file and field.",
+    )
     s.add_argument("paths", nargs="+", help="manifest files or directories")
     s.add_argument(
         "--local", action="store_true", help="also require local files (models, prompt files) to exist"
@@ -142,9 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not report references to objects outside the given manifests")
     s.set_defaults(func=cmd_validate)
 
-    s = sub.add_parser("run", help="run resources locally: validate, order, run every stage, resume on rerun")
+    store_help = "artifact store URI or path; file://./dir is under this directory (default: %(default)s)"
+    s = sub.add_parser(
+        "run",
+        formatter_class=_HelpFormatter,
+        help="run resources locally: validate, order, run every stage, resume on rerun",
+        description="Run Constitutions, CritiqueRuns, PreferenceModels and RLAIFRuns on this machine, in "
+        "dependency order, as the operator would; finished stages are kept and a rerun resumes.",
+    )
     s.add_argument("paths", nargs="+", help="manifest files or directories")
-    s.add_argument("--store", default=DEFAULT_STORE, type=_store, help=STORE_HELP)
+    s.add_argument("--store", default=DEFAULT_STORE, type=_store, help=store_help)
     s.add_argument(
         "--only", action="append", default=None, metavar="KIND/NAME", help="run only these resources"
     )
@@ -152,37 +211,103 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bars (plain log lines)")
     s.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("stage", help="run one stage (the entry point of the operator's pods)")
-    s.add_argument("name", help="stage name, e.g. generate-revisions")
-    s.add_argument("--spec", required=True, help="stage spec JSON file")
+    from .api.kinds import STAGES  # the stage registry (pydantic types only, no torch)
+    from .controller.builders import SPEC_FILE
+
+    stages = "\n".join(f"  {name:<22} {kind.kind}" for name, (kind, _) in STAGES.items())
+    s = sub.add_parser(
+        "stage",
+        formatter_class=_HelpFormatter,
+        help="run one stage (the entry point of the operator's pods)",
+        description="Run one stage of a resource and publish its artifact; an up-to-date artifact is kept.",
+        epilog=f"stages (and the kind each belongs to):\n{stages}\n\n"
+        "The spec is written for you: the operator mounts it into each stage pod from "
+        f"the run's ConfigMap (as {SPEC_FILE}); `cai run` writes it to a temporary file.",
+    )
+    s.add_argument("name", metavar="STAGE", help="stage name (listed below)")
+    s.add_argument("--spec", required=True, metavar="FILE",
+                   help="stage spec JSON (a StageSpec: resource spec, models, input and output URIs)")
     s.add_argument("--force", action="store_true", help="run even when the output is up to date")
     s.set_defaults(func=cmd_stage)
 
-    s = sub.add_parser("status", help="show the status of locally run resources")
-    s.add_argument("--store", default=DEFAULT_STORE, type=_store, help=STORE_HELP)
+    s = sub.add_parser(
+        "status",
+        formatter_class=_HelpFormatter,
+        help="show the status of locally run resources",
+        description="Show each resource run into the store by `cai run`: its condition, stages, outputs "
+        "and metrics. Exits 1 when the store is missing or holds no resources.",
+    )
+    s.add_argument("--store", default=DEFAULT_STORE, type=_store, help=store_help)
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(func=cmd_status)
 
-    s = sub.add_parser("models", help="model utilities")
-    msub = s.add_subparsers(dest="models_command", required=True, metavar="SUBCOMMAND")
-    m = msub.add_parser("prepare", help="prepare models into the cache (e.g. builtin:smollm2-135m-instruct)")
-    m.add_argument("refs", nargs="+", help="model references")
-    m.set_defaults(func=cmd_models)
+    from .models.refs import ACCEPTED_FORMS, BUILTIN_MODELS
 
-    s = sub.add_parser("report", help="print the evaluation summary of an RLAIFRun run locally")
+    builtins = "\n".join(f"  builtin:{name:<28} {about}" for name, about in BUILTIN_MODELS.items())
+    other_forms = [f for f in ACCEPTED_FORMS if not f.startswith("builtin:")]
+    s = sub.add_parser(
+        "models",
+        formatter_class=_HelpFormatter,
+        help="prepare or clean models in the model cache",
+        description="Prepare models into the model cache ($CAI_CACHE_DIR, default ~/.cache/cai) or remove "
+        "them from it.",
+    )
+    msub = s.add_subparsers(dest="models_command", required=True, metavar="SUBCOMMAND")
+    m = msub.add_parser(
+        "prepare",
+        formatter_class=_HelpFormatter,
+        help="prepare models into the cache (e.g. builtin:smollm2-135m-instruct)",
+        description="Resolve each model reference (prepare a built-in model, download a hub or object-store "
+        "model) and print its local directory and size.",
+        epilog=f"built-in models:\n{builtins}\n\nother references: {', '.join(other_forms)}",
+    )
+    m.add_argument("refs", nargs="+", metavar="REF", help="model references (built-in models listed below)")
+    m.set_defaults(func=cmd_models)
+    m = msub.add_parser(
+        "clean",
+        formatter_class=_HelpFormatter,
+        help="remove models from the cache (all, or the named ones)",
+        description="Remove cached models and print each removed directory with its size. Without REF, "
+        "every model in the cache ($CAI_CACHE_DIR, default ~/.cache/cai) goes; stage checkpoints in its "
+        "work/ are kept. With REFs, only theirs; a REF with no cache entry is reported.",
+    )
+    m.add_argument("refs", nargs="*", metavar="REF", help="model references, e.g. builtin:tiny-random")
+    m.set_defaults(func=cmd_models_clean)
+
+    s = sub.add_parser(
+        "report",
+        formatter_class=_HelpFormatter,
+        help="print the evaluation summary of an RLAIFRun run locally",
+        description="Print the evaluation of an RLAIFRun that `cai run` finished: how the trained policy "
+        "compares with its starting point, and where report.html is.",
+    )
     s.add_argument("name", help="RLAIFRun name")
-    s.add_argument("--store", default=DEFAULT_STORE, type=_store, help=STORE_HELP)
-    s.add_argument("--namespace", default="default")
+    s.add_argument("--store", default=DEFAULT_STORE, type=_store, help=store_help)
+    s.add_argument("--namespace", default="default", help="namespace of the RLAIFRun (default: %(default)s)")
     s.set_defaults(func=cmd_report)
 
-    s = sub.add_parser("operator", help="run the Kubernetes operator (kopf)")
-    s.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
-    s.add_argument(
-        "--namespace", action="append", default=None, help="watch only these namespaces (default: all)"
+    s = sub.add_parser(
+        "operator",
+        formatter_class=_HelpFormatter,
+        help="run the Kubernetes operator (kopf)",
+        description="Run the controller that turns the cai.dev resources of a cluster into stage Jobs. "
+        "Replicas elect a leader through a Lease; settings come from CAI_* environment variables "
+        "(docs/operator.md).",
     )
-    s.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port")
-    s.add_argument("--health-port", type=int, default=8081, help="liveness/readiness port")
-    s.add_argument("--standalone", action="store_true", help="no peering (single replica, tests)")
+    s.add_argument(
+        "--kubeconfig",
+        help="kubeconfig file (default: in a pod its service account, else $KUBECONFIG, else ~/.kube/config)",
+    )
+    s.add_argument(
+        "--namespace", action="append", default=None,
+        help="watch this namespace; repeat for several (default: all namespaces)",
+    )
+    s.add_argument("--metrics-port", type=int, default=8080,
+                   help="Prometheus /metrics port (default: %(default)s)")
+    s.add_argument("--health-port", type=int, default=8081,
+                   help="liveness/readiness port (default: %(default)s)")
+    s.add_argument("--standalone", action="store_true",
+                   help="no leader election: this replica acts alone (one replica, tests)")
     s.set_defaults(func=cmd_operator)
     return p
 

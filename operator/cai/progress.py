@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from typing import Self
 
 PREFIX = "@@cai-progress "
+# The plain progress line (`task: done/total unit (rate/s, ETA)`), so a reader can tell it from others.
+LOG_LINE = re.compile(r"^[^\s:][^:]*: \d+/\d+ \S+ \(\d+\.\d+/s(, ETA \d+s)?\)$")
 
 
 class ProgressReporter:
@@ -29,7 +32,10 @@ class ProgressReporter:
         self._emit(force=True)
 
     def advance(self, n: int = 1) -> None:
-        self.done += n
+        self.update(self.done + n)
+
+    def update(self, done: int) -> None:
+        self.done = done
         self._emit(force=self.done >= self.total)
 
     def _emit(self, force: bool = False) -> None:

@@ -42,7 +42,7 @@ def test_cai_run_fails_a_stage_that_exits_0_without_its_artifact(tmp_path, monke
         "spec": {"constitutionRef": {"name": "harmless"}, "model": "builtin:tiny-random"}}))
     started = []
     # A stage process that ends well and writes nothing (a bug, or credentials for another bucket).
-    monkeypatch.setattr(runner, "_run_stage_process", lambda s, progress, tail: started.append(s.stage) or 0)
+    monkeypatch.setattr(runner, "_run_stage_process", lambda s, progress, tail, log=None: started.append(s.stage) or 0)
     store = tmp_path / "store"
     assert runner.run_local([str(manifest)], store=str(store), quiet=True) == 1
     assert started == ["generate-revisions"]  # finetune never started on nothing

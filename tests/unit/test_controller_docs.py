@@ -31,3 +31,20 @@ def test_every_config_variable_is_documented():
     variables = set(re.findall(r'"(CAI_[A-Z_]+|POD_NAME|POD_NAMESPACE)"', source))
     text = (DOCS / "operator.md").read_text()
     assert not [v for v in sorted(variables) if v not in text]
+
+
+def test_hello_example_is_valid_and_small():
+    """docs/operator.md's `hello` CritiqueRun is what a newcomer applies first: it must be quick to run."""
+    import yaml
+
+    from cai.api.manifest import parse_resource
+
+    text = (DOCS / "operator.md").read_text()
+    block = re.search(r"apply -f - <<'EOF'\n(.*?)\nEOF\n", text, re.DOTALL)
+    assert block, "docs/operator.md: the `hello` CritiqueRun heredoc is missing"
+    res, problems = parse_resource(yaml.safe_load(block.group(1)), "docs/operator.md")
+    assert not problems and res is not None and res.name == "hello"
+    spec = res.spec
+    assert spec.prompts.limit is not None and spec.prompts.limit <= 8
+    assert spec.prompts.limit * spec.revisions <= 16
+    assert spec.generation.max_new_tokens <= 64

@@ -94,7 +94,7 @@ def _critique_run(tmp_path: Path) -> Path:
 def test_cai_run_starts_afresh_over_a_damaged_status_file_of_its_own(tmp_path, monkeypatch):
     started = []
     # Stage processes that end without publishing: each run stops after the first stage, status saved.
-    monkeypatch.setattr(runner, "_run_stage_process", lambda s, progress, tail: started.append(s.stage) or 0)
+    monkeypatch.setattr(runner, "_run_stage_process", lambda s, progress, tail, log=None: started.append(s.stage) or 0)
     store = tmp_path / "store"
     assert run_local([str(_critique_run(tmp_path))], store=str(store), quiet=True) == 1
     status = next(store.rglob("critiqueruns/sl/local/status.json"))
@@ -107,7 +107,7 @@ def test_cai_run_starts_afresh_over_a_damaged_status_file_of_its_own(tmp_path, m
 def test_a_second_cai_run_of_one_resource_fails_clearly_while_the_first_holds_its_lock(tmp_path, monkeypatch,
                                                                                        capsys):
     started = []
-    monkeypatch.setattr(runner, "_run_stage_process", lambda s, progress, tail: started.append(s.stage) or 0)
+    monkeypatch.setattr(runner, "_run_stage_process", lambda s, progress, tail, log=None: started.append(s.stage) or 0)
     store = tmp_path / "store"
     manifest = _critique_run(tmp_path)
     [res] = [r for r in load_manifests([manifest]) if r.kind == "CritiqueRun"]

@@ -37,9 +37,9 @@ def test_store_failure_while_publishing_leaves_a_termination_message(stage_spec,
     monkeypatch.setattr(runtime, "commit_artifact", store_down)
     assert runtime.run_stage("finetune", str(stage_spec)) == 1
     message = (tmp_path / "termination-log").read_text()
-    assert message.startswith("could not publish file://") and message.endswith(
+    assert message.startswith("cannot publish the artifact to file://") and message.endswith(
         "/finetune: OSError: Unable to locate credentials")
-    assert "error: could not publish" in capsys.readouterr().err
+    assert "error: cannot publish the artifact to" in capsys.readouterr().err
 
 
 def test_published_stage_writes_its_manifest(stage_spec, tmp_path):

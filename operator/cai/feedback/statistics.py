@@ -14,6 +14,16 @@ BOOTSTRAP = 2000
 Z95 = 1.959964
 
 
+def quarter_mean(values: list[float], head: bool = False) -> float | None:
+    """Mean of the last (or, with `head`, the first) quarter of a training curve, at least one value:
+    the one definition of rewardFirst/rewardMean/kl in status, report and metrics (less noisy than a step)."""
+    if not values:
+        return None
+    n = max(1, len(values) // 4)
+    part = values[:n] if head else values[-n:]
+    return sum(part) / len(part)
+
+
 def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 

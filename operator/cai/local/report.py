@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
 
 from ..api.kinds import RLAIFRunStatus
+from ..feedback.verdict import degenerate_note, verdict
 from ..pipeline.conditions import get_condition
 from ..store import filesystem, local_path
 from ..store.fs import normalize
@@ -29,6 +31,17 @@ def _f(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if isinstance(x, (int, float)) and math.isfinite(x) else "n/a"
 
 
+def wrap_keeping_intervals(text: str, width: int) -> list[str]:
+    """Lines of at most `width` broken between words, never inside a bracketed interval "[a, b]"."""
+    lines: list[str] = []
+    for token in re.findall(r"\[[^\]]*\][^\s]*|\S+", text):
+        if lines and len(lines[-1]) + 1 + len(token) <= width:
+            lines[-1] += " " + token
+        else:
+            lines.append(token)
+    return lines
+
+
 def load_summary(report_uri: str) -> dict[str, Any] | None:
     base = report_uri.rsplit("/", 1)[0] if report_uri.endswith(".html") else report_uri.rstrip("/")
     fs, path = filesystem(base + "/summary.json")
@@ -39,30 +52,35 @@ def load_summary(report_uri: str) -> dict[str, Any] | None:
         return None
 
 
-def summary_table(summary: dict[str, Any]) -> Table:
+def _table(title: str, columns: tuple[str, ...], text_columns: int) -> Table:
+    """A table whose first `text_columns` columns wrap between words when the terminal is narrow; figures
+    and intervals are never wrapped (a CI split over two lines reads as two numbers)."""
+    table = Table(title=title)
+    for i, col in enumerate(columns):
+        text = i < text_columns
+        table.add_column(col, justify="left" if text else "right", no_wrap=not text)
+    return table
+
+
+def summary_table(summary: dict[str, Any]) -> Group:
     """Win rates (soft, with bootstrap CI; hard, with Wilson CI), then PM and RL figures."""
-    table = Table(title=f"RL-CAI evaluation: {summary.get('name', '')}")
-    for col in ("prompts", "comparison", "n", "win rate", "95% CI", "hard win rate"):
-        table.add_column(col, justify="right" if col not in ("prompts", "comparison") else "left")
+    wins = _table(f"RL-CAI evaluation: {summary.get('name', '')}",
+                  ("prompts", "comparison", "n", "win rate", "95% CI", "hard win rate"), 2)
     for s, pairs in (summary.get("winRates") or {}).items():
         for p, wr in pairs.items():
-            table.add_row(SETS.get(s, s), PAIRS.get(p, p), str(wr.get("n", "")), _f(wr.get("winRate")),
-                          f"[{_f(wr.get('ciLow'))}, {_f(wr.get('ciHigh'))}]", _f(wr.get("hardWinRate")))
+            wins.add_row(SETS.get(s, s), PAIRS.get(p, p), str(wr.get("n", "")), _f(wr.get("winRate")),
+                         f"[{_f(wr.get('ciLow'))}, {_f(wr.get('ciHigh'))}]", _f(wr.get("hardWinRate")))
     pm, rl = summary.get("preferenceModel") or {}, summary.get("rl") or {}
-    table.add_section()
-    table.add_row(
-        "preference model",
-        "held-out accuracy",
-        str(pm.get("heldOut", "")),
-        _f(pm.get("heldOutAccuracy")),
-        "",
-        "",
-    )
-    table.add_row("preference model", "calibration error (ECE)", "", _f(pm.get("calibrationError")), "", "")
-    table.add_row("RL", f"reward ({rl.get('algorithm', '')}) first → last", str(rl.get("steps", "")),
-                  f"{_f(rl.get('rewardFirst'))} → {_f(rl.get('rewardMean'))}", "", "")
-    table.add_row("RL", "KL to start (last quarter)", "", _f(rl.get("kl"), 4), "", "")
-    return table
+    # The training figures have other columns (no CI): a table of their own keeps the first one narrow.
+    training = _table("Preference model and RL", ("model", "figure", "n", "value"), 2)
+    training.add_row("preference model", "held-out accuracy", str(pm.get("heldOut", "")),
+                     _f(pm.get("heldOutAccuracy")))
+    training.add_row("preference model", "calibration error (ECE)", "", _f(pm.get("calibrationError")))
+    # status.metrics' rewardFirst/rewardMean: means of the first and last quarter of the RL steps.
+    training.add_row("RL", f"mean reward ({rl.get('algorithm', '')}), first → last quarter",
+                     str(rl.get("steps", "")), f"{_f(rl.get('rewardFirst'))} → {_f(rl.get('rewardMean'))}")
+    training.add_row("RL", "KL to start (last quarter)", "", _f(rl.get("kl"), 4))
+    return Group(wins, training)
 
 
 def print_report(store: str, name: str, namespace: str = "default") -> int:
@@ -89,6 +107,11 @@ def print_report(store: str, name: str, namespace: str = "default") -> int:
         print(f"error: {report}: summary.json not found next to the report", file=sys.stderr)
         return 1
     console = Console()
+    # The answer first, in one sentence (computed from the summary: older reports get it too).
+    for sentence in (verdict(summary), degenerate_note(summary)):
+        if sentence:
+            console.print("\n".join(wrap_keeping_intervals(sentence, console.width)), highlight=False,
+                          soft_wrap=True)
     console.print(summary_table(summary))
     lp = local_path(report)
     console.print(f"report: {lp if lp is not None else report}", highlight=False, soft_wrap=True)

@@ -29,15 +29,16 @@ from rich.progress import (
 
 from ..api.kinds import STAGES, ConstitutionSpec, ConstitutionStatus, RunStatus
 from ..api.manifest import Resource
+from ..models.cache import cache_dir
 from ..pipeline.plan import Blocked, order_by_references, plan_resource
 from ..pipeline.runstate import ARTIFACT_MISSING, RunState, constitution_status
-from ..progress import PREFIX
-from ..store import manifest_digest, read_manifest
+from ..progress import LOG_LINE, PREFIX
+from ..store import local_path, manifest_digest, read_manifest, resource_root
 from ..store.fs import normalize
 from ..validation import validate_paths
 from . import state
 from .lock import ResourceBusyError, resource_lock
-from .status import render_table
+from .status import print_resources
 
 console = Console(stderr=True)
 
@@ -56,7 +57,29 @@ class _Lookup:
         return state.stored_resource(self.store, kind, "default", name)
 
 
-def _run_stage_process(stage_spec, progress: Progress | None, tail: deque[str]) -> int:
+# The stage process; a test may point it elsewhere.
+STAGE_COMMAND = [sys.executable, "-m", "cai", "stage"]
+TAIL_SHOWN = 25  # lines of a failed stage's log printed with its error
+
+
+def stage_log_path(store: str, res: Resource, stage: str) -> Path:
+    """Where a stage's whole output goes: next to the resource's status in a local store, else in the
+    model cache's logs/ (an object store gets no half-written logs)."""
+    root = local_path(resource_root(store, res.namespace, res.info.plural, res.name, res.uid))
+    if root is not None:
+        return root / "logs" / f"{stage}.log"
+    return cache_dir() / "logs" / f"{res.namespace}-{res.info.plural}-{res.name}-{stage}.log"
+
+
+def is_own_line(line: str, stage: str) -> bool:
+    """Lines our code writes (stage log lines, errors, plain progress); library output (DeepSpeed, TRL's
+    step dicts, Triton notices, warnings) goes to the stage's log file only."""
+    return line.startswith((f"[{stage}] ", "error: ")) or bool(LOG_LINE.match(line))
+
+
+def _run_stage_process(
+    stage_spec, progress: Progress | None, tail: deque[str], log: Path | None = None
+) -> int:
     with tempfile.NamedTemporaryFile(
         "w", suffix=".json", prefix=f"cai-{stage_spec.stage}-", delete=False
     ) as f:
@@ -70,9 +93,14 @@ def _run_stage_process(stage_spec, progress: Progress | None, tail: deque[str]) 
         "TQDM_DISABLE": "1",
     }
     tasks: dict[str, TaskID] = {}
+    log_file = None
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log_file = log.open("a", encoding="utf-8")
+        log_file.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} cai stage {stage_spec.stage}\n")
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cai", "stage", stage_spec.stage, "--spec", spec_file],
+            [*STAGE_COMMAND, stage_spec.stage, "--spec", spec_file],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1,
         )
         assert proc.stdout is not None
@@ -87,6 +115,11 @@ def _run_stage_process(stage_spec, progress: Progress | None, tail: deque[str]) 
                     progress.update(tasks[label], completed=ev["done"], total=ev["total"])
                     continue
                 tail.append(line)
+                if log_file is not None:
+                    log_file.write(line + "\n")
+                    log_file.flush()
+                    if not is_own_line(line, stage_spec.stage):
+                        continue
                 console.print(f"[dim]{line}[/dim]", markup=True, highlight=False) if progress else print(
                     line, file=sys.stderr
                 )
@@ -100,6 +133,8 @@ def _run_stage_process(stage_spec, progress: Progress | None, tail: deque[str]) 
             raise
     finally:
         Path(spec_file).unlink(missing_ok=True)
+        if log_file is not None:
+            log_file.close()
 
 
 def _run_resource(res: Resource, store: str, lookup: _Lookup, quiet: bool) -> bool:
@@ -119,10 +154,12 @@ def _run_resource(res: Resource, store: str, lookup: _Lookup, quiet: bool) -> bo
         existing = read_manifest(spec.output)
         run.stage_started(stage)
         state.save(store, res)
-        tail: deque[str] = deque(maxlen=40)
+        tail: deque[str] = deque(maxlen=200)
+        log = stage_log_path(store, res, spec.stage)
         started = time.monotonic()
         console.print(
-            f"[bold]{res.display}[/bold] → {spec.stage}" + (" (checking for resume)" if existing else "")
+            f"[bold]{res.display}[/bold] → {spec.stage}" + (" (checking for resume)" if existing else ""),
+            f"[dim](log: {log})[/dim]", soft_wrap=True,
         )
         progress = None if quiet else Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -131,9 +168,9 @@ def _run_resource(res: Resource, store: str, lookup: _Lookup, quiet: bool) -> bo
         try:
             if progress is not None:
                 with progress:
-                    rc = _run_stage_process(spec, progress, tail)
+                    rc = _run_stage_process(spec, progress, tail, log)
             else:
-                rc = _run_stage_process(spec, None, tail)
+                rc = _run_stage_process(spec, None, tail, log)
         except KeyboardInterrupt:
             run.stage_failed(stage, "Interrupted", "interrupted; run again to resume")
             state.save(store, res)
@@ -149,6 +186,11 @@ def _run_resource(res: Resource, store: str, lookup: _Lookup, quiet: bool) -> bo
             message = problem or said or f"exit code {rc}"
             run.stage_failed(stage, ARTIFACT_MISSING if problem else "StageFailed", message)
             state.save(store, res)
+            if rc != 0 and tail:
+                # What the stage printed last, libraries included: the cause is often there.
+                console.print(f"[dim]last lines of {log}:[/dim]", soft_wrap=True)
+                for line in list(tail)[-TAIL_SHOWN:]:
+                    console.print(line, markup=False, highlight=False, soft_wrap=True)
             console.print(f"[red]{res.display}: stage {spec.stage} failed: {message}[/red]")
             return False
         run.stage_succeeded(stage, spec.output, manifest.get("metrics", {}))
@@ -208,5 +250,5 @@ def _run_local(paths: list[str], store: str, only: list[str] | None, force: bool
             "[yellow]interrupted: finished stages are kept; run the same command again to resume[/yellow]"
         )
         return 130
-    console.print(render_table(ordered))
+    print_resources(console, ordered)
     return 0 if ok else 1

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 SOURCE_RECORD = ".cai-source.json"
 
 
-def _uri_cache_dir(uri: str) -> Path:
+def uri_cache_dir(uri: str) -> Path:
+    """Where the copy of the model directory at `uri` lives in the cache."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", uri.rstrip("/").rsplit("/", 1)[-1])[:48] or "model"
     return models_dir() / "uri" / f"{name}-{hashlib.sha256(uri.encode()).hexdigest()[:16]}"
 
@@ -132,7 +133,7 @@ def resolve_uri(uri: str) -> Path:
     """A verified local copy of the model directory at `uri` (s3:// or file://) in the cache."""
     fs, root = filesystem(uri)  # endpoint and credentials from env
     remote, manifest = _remote_files(fs, root, uri)
-    dest = _uri_cache_dir(uri)
+    dest = uri_cache_dir(uri)
     return build_atomically(
         dest,
         lambda tmp: _download_verified(fs, root, uri, remote, manifest, tmp),

@@ -23,6 +23,7 @@ from .training import (
     loss_curve,
     nan_guard,
     raise_if_nan,
+    step_progress,
     write_model_card,
 )
 
@@ -91,7 +92,7 @@ def run(ctx: StageContext[CritiqueRunSpec]) -> StageResult:
         train_dataset=datasets.Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=lora_config(ft.lora) if ft.lora else None,
-        callbacks=[guard, keep_checkpoints(ctx, checkpoints)],
+        callbacks=[guard, keep_checkpoints(ctx, checkpoints), step_progress(ctx, "fine-tune")],
     )
     resume = last_checkpoint(checkpoints)
     if resume:

@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..feedback.statistics import accuracy, expected_calibration_error, reliability
+from ..feedback.statistics import accuracy, expected_calibration_error, quarter_mean, reliability
+from ..feedback.verdict import degenerate_counts, degenerate_note, verdict
 
 PAIR_TITLES = {
     "rl_vs_sl": "RL-CAI vs SL-CAI",
@@ -239,15 +240,19 @@ def write_report(
             "algorithm": algorithm,
             "klCoef": kl_coef,
             "steps": len(rl_log),
-            "rewardFirst": rewards[0] if rewards else None,
+            # First and last quarter means, as train-policy's manifest and status.metrics define them.
+            "rewardFirst": rl_metrics.get("rewardFirst", quarter_mean(rewards, head=True)),
             "rewardLast": rewards[-1] if rewards else None,
-            "rewardMean": rl_metrics.get("rewardMean"),
-            "kl": rl_metrics.get("kl"),
+            "rewardMean": rl_metrics.get("rewardMean", quarter_mean(rewards)),
+            "kl": rl_metrics.get("kl", quarter_mean(kls)),
             "klLast": kls[-1] if kls else None,
         },
         "plots": plots,
         "report": "report.html",
     }
+    summary["degenerate"] = degenerate_counts(generations)
+    summary["verdict"] = verdict(summary)
+    note = degenerate_note(summary)
 
     judged = {(j["set"], j["first"], j["second"], str(j["id"])): j["pA"] for j in judgements}
     parts: list[str] = [
@@ -263,6 +268,8 @@ def write_report(
             ".note{color:#666;font-size:0.9em}</style></head><body>"
         ),
         f"<h1>RL-CAI evaluation: {_e(name)}</h1>",
+        f"<p class='verdict'><strong>{_e(summary['verdict'])}</strong></p>",
+        f"<p class='verdict'>{_e(note)}</p>" if note else "",
         (
             f"<p class='note'>Generated {_e(summary['createdAt'])} by cai-operator stage "
             "<code>evaluate</code>. "
@@ -353,6 +360,12 @@ def write_report(
             for s, v in sets.items()
         ),
         "</table>",
+        (
+            "<p class='note'>The preference model scores each response with a reward r; σ(rA − rB), the "
+            "logistic function of the difference of two responses' rewards, is its probability that A is "
+            "better than B. Calibrated, comparisons it gives 0.7 are preferred by the labels 70% of the "
+            "time (the reliability diagram; the expected calibration error is the mean gap).</p>"
+        ),
     ]
     for key, alt in (("reliability", "reliability diagram"), ("pmLoss", "preference model loss curve")):
         if key in plots:
@@ -365,7 +378,8 @@ def write_report(
         f"<tr><th>KL coefficient</th><td class='num'>{_e(kl_coef)}</td></tr>",
         f"<tr><th>logged steps</th><td class='num'>{rl['steps']}</td></tr>",
         (
-            f"<tr><th>reward, first step → last quarter</th><td class='num'>{_fmt(rl['rewardFirst'])} → "
+            "<tr><th>reward, first quarter → last quarter (means)</th>"
+            f"<td class='num'>{_fmt(rl['rewardFirst'])} → "
             f"{_fmt(rl['rewardMean'])}</td></tr>"
         ),
         f"<tr><th>KL, last quarter</th><td class='num'>{_fmt(rl['kl'], 4)}</td></tr>",

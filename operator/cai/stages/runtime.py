@@ -19,6 +19,8 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -36,6 +38,24 @@ TERMINATION_LOG = Path(os.environ.get("CAI_TERMINATION_LOG", "/dev/termination-l
 
 class StageError(Exception):
     """A stage cannot proceed; the message is shown to the user as is (no traceback)."""
+
+
+@contextmanager
+def store_access(action: str, uri: str) -> Iterator[None]:
+    """Turn a failure to reach the artifact store (no credentials, endpoint down, access denied) into a
+    one-line StageError: a traceback through fsspec/botocore says nothing the user can act on that
+    this line does not."""
+    try:
+        yield
+    except StageError:
+        raise
+    except Exception as e:  # noqa: BLE001 — any store client error (botocore, aiohttp, OSError) is one answer
+        hint = ""
+        if uri.startswith("s3://"):
+            hint = (" (check the storage Secret: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or "
+                    "CAI_S3_CREDENTIALS_DIR, and the endpoint CAI_S3_ENDPOINT)")
+        detail = " ".join(str(e).split()) or "no details"
+        raise StageError(f"cannot {action} {uri}: {type(e).__name__}: {detail}{hint}") from None
 
 
 @dataclass
@@ -94,12 +114,13 @@ class StageContext(Generic[SpecT]):
         uri = self.stage.inputs.get(role)
         if not uri:
             raise StageError(f"stage {self.stage.stage} needs input {role!r} but the spec has none")
-        try:
-            return download_artifact(uri, self.work_dir / "inputs" / role)
-        except FileNotFoundError:
-            raise StageError(
-                f"input {role} ({uri}) does not exist: the stage that writes it has not finished"
-            ) from None
+        with store_access(f"download input {role} from", uri):
+            try:
+                return download_artifact(uri, self.work_dir / "inputs" / role)
+            except FileNotFoundError:
+                raise StageError(
+                    f"input {role} ({uri}) does not exist: the stage that writes it has not finished"
+                ) from None
 
     def model(self, role: str) -> str:
         ref = self.stage.models.get(role)
@@ -139,64 +160,48 @@ def _ignore_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r"TRL currently supports vLLM versions", category=UserWarning)
 
 
-def _publish(spec: StageSpec, out_dir: Path, kind: str, input_digests: dict[str, str | None], digest: str,
-             metrics: dict[str, Any]) -> dict[str, Any]:
-    """commit_artifact, with a store failure (down, credentials, quota) turned into a StageError naming the
-    artifact, so the operator gets a termination message; the previous version stays readable."""
-    try:
-        return commit_artifact(
-            out_dir,
-            spec.output,
-            kind=kind,
-            # The version lets a checker recompute inputsDigest (it includes the version that ran the stage).
-            producer={"kind": spec.kind, "name": spec.name, "namespace": spec.namespace, "stage": spec.stage,
-                      "version": __version__},
-            inputs=[{"role": role, "uri": spec.inputs[role], "sha256": d} for role, d in input_digests.items()
-                    if d],
-            inputs_digest=digest,
-            metrics=metrics,
-            extra={"models": spec.models},
-        )
-    except Exception as e:  # any store error; the traceback stays in the log
-        traceback.print_exc()
-        raise StageError(f"could not publish {spec.output}: {type(e).__name__}: {e}") from e
+def _fail(message: str) -> int:
+    """Report a failure in one line, on stderr and in the termination log (the operator shows it)."""
+    print(f"error: {message}", file=sys.stderr)
+    _terminate_message(message)
+    return 1
 
 
 def run_stage(name: str, spec_path: str, force: bool = False) -> int:
+    # The name first: a typo is a wrong name, whatever the spec file holds.
+    if name not in STAGES:
+        return _fail(f"unknown stage {name!r} (expected one of: {', '.join(STAGES)})")
     try:
         spec = StageSpec.model_validate_json(Path(spec_path).read_text())
     except FileNotFoundError:
-        print(f"error: stage spec {spec_path} not found", file=sys.stderr)
-        return 1
+        return _fail(f"stage spec {spec_path} not found")
     except ValueError as e:
-        print(f"error: {spec_path}: not a valid stage spec: {e}", file=sys.stderr)
-        return 1
+        return _fail(f"{spec_path}: not a valid stage spec: {' '.join(str(e).split())}")
     if spec.stage != name:
-        print(f"error: {spec_path} is a spec for stage {spec.stage!r}, not {name!r}", file=sys.stderr)
-        return 1
-    if name not in STAGES:
-        print(f"error: unknown stage {name!r} (expected one of: {', '.join(STAGES)})", file=sys.stderr)
-        return 1
+        return _fail(f"{spec_path} is a spec for stage {spec.stage!r}, not {name!r}")
     if STAGES[name][0].kind != spec.kind:
-        print(
-            f"error: {spec_path}: stage {name} belongs to kind {STAGES[name][0].kind}, not {spec.kind}",
-            file=sys.stderr,
-        )
-        return 1
+        return _fail(f"{spec_path}: stage {name} belongs to kind {STAGES[name][0].kind}, not {spec.kind}")
+    try:
+        return _run(name, spec, force)
+    except StageError as e:  # the store could not be read or written
+        return _fail(str(e))
 
-    input_digests = {role: manifest_digest(uri) if uri else None for role, uri in spec.inputs.items()}
+
+def _run(name: str, spec: StageSpec, force: bool) -> int:
+    input_digests: dict[str, str | None] = {}
+    for role, uri in spec.inputs.items():
+        with store_access(f"read input {role} at", uri):
+            input_digests[role] = manifest_digest(uri) if uri else None
     missing = [
         f"{role} ({spec.inputs[role]})"
         for role, d in input_digests.items()
         if d is None and spec.inputs[role]
     ]
     if missing:
-        msg = f"stage {name}: input artifact(s) missing: {', '.join(missing)}"
-        print(f"error: {msg}", file=sys.stderr)
-        _terminate_message(msg)
-        return 1
+        return _fail(f"stage {name}: input artifact(s) missing: {', '.join(missing)}")
     digest = spec.digest(input_digests)
-    existing = read_manifest(spec.output)
+    with store_access("read the output manifest at", spec.output):
+        existing = read_manifest(spec.output)
     force = force or os.environ.get("CAI_FORCE") == "1"
     if existing is not None and existing.get("inputsDigest") == digest and not force:
         print(f"[{name}] up to date: {spec.output}", file=sys.stderr)
@@ -214,7 +219,8 @@ def run_stage(name: str, spec_path: str, force: bool = False) -> int:
                                int(os.environ.get("WORLD_SIZE", "1")))
     try:
         if work is not None:
-            restored = work.restore()
+            with store_access("restore earlier work from", work.uri):
+                restored = work.restore()
             if restored:
                 print(f"[{name}] restored earlier work from {work.uri}: {', '.join(restored)}",
                       file=sys.stderr)
@@ -226,11 +232,23 @@ def run_stage(name: str, spec_path: str, force: bool = False) -> int:
             print(f"[{name}] rank {os.environ['RANK']} done", file=sys.stderr)
             return 0
         metrics = {**result.metrics, "durationSeconds": round(time.monotonic() - started, 3)}
-        manifest = _publish(spec, out_dir, result.kind, input_digests, digest, metrics)
+        # Inside the error handling: a store failure here still leaves a termination message.
+        with store_access("publish the artifact to", spec.output):
+            manifest = commit_artifact(
+                out_dir,
+                spec.output,
+                kind=result.kind,
+                # The version lets a checker recompute inputsDigest (it includes the version that ran it).
+                producer={"kind": spec.kind, "name": spec.name, "namespace": spec.namespace, "stage": name,
+                          "version": __version__},
+                inputs=[{"role": role, "uri": spec.inputs[role], "sha256": d}
+                        for role, d in input_digests.items() if d],
+                inputs_digest=digest,
+                metrics=metrics,
+                extra={"models": spec.models},
+            )
     except StageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        _terminate_message(str(e))
-        return 1
+        return _fail(str(e))
     except KeyboardInterrupt:
         print(f"[{name}] interrupted; finished work is kept and the next run resumes", file=sys.stderr)
         return 130

@@ -117,12 +117,9 @@ def read_rl_log(path: Path) -> list[dict[str, Any]]:
 
 
 def _tail_mean(entries: list[dict[str, Any]], key: str, head: bool = False) -> float | None:
-    values = [e[key] for e in entries if key in e]
-    if not values:
-        return None
-    n = max(1, len(values) // 4)  # the first/last quarter of the run: less noisy than one step
-    part = values[:n] if head else values[-n:]
-    return sum(part) / len(part)
+    from ..feedback.statistics import quarter_mean
+
+    return quarter_mean([e[key] for e in entries if key in e], head=head)
 
 
 def trainer_config(spec: RLAIFRunSpec, common: dict[str, Any]) -> Any:

@@ -56,6 +56,7 @@ from .training import (
     loss_curve,
     nan_guard,
     raise_if_nan,
+    step_progress,
     write_model_card,
 )
 
@@ -245,7 +246,7 @@ def run(ctx: StageContext[PreferenceModelSpec]) -> StageResult:
         train_dataset=datasets.Dataset.from_list(train_data),
         processing_class=tokenizer,
         data_collator=collator_cls(pad_token_id=tokenizer.pad_token_id),
-        callbacks=[guard, keep_checkpoints(ctx, checkpoints)],
+        callbacks=[guard, keep_checkpoints(ctx, checkpoints), step_progress(ctx, "train preference model")],
     )
     resume = last_checkpoint(checkpoints)
     if resume:

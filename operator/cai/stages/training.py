@@ -145,6 +145,26 @@ def last_checkpoint(checkpoint_dir: Path) -> str | None:
     return get_last_checkpoint(str(checkpoint_dir))
 
 
+def step_progress(ctx: Any, task: str = "train"):
+    """A callback reporting optimizer steps as our progress (bars in `cai run`, periodic lines in pods):
+    the trainers' own step dicts go to the stage's log file, so this is what the terminal shows."""
+    from transformers import TrainerCallback
+
+    class StepProgress(TrainerCallback):
+        reporter: Any = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero and state.max_steps:
+                self.reporter = ctx.progress(task, state.max_steps, "steps")
+                self.reporter.update(state.global_step)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.reporter is not None:
+                self.reporter.update(state.global_step)
+
+    return StepProgress()
+
+
 def nan_guard():
     """A callback that stops training when the loss stops being finite (the last good checkpoint stays)."""
     from transformers import TrainerCallback

@@ -70,7 +70,12 @@ def check_uri(uri: str) -> str:
 
 
 def normalize(uri: str) -> str:
-    """Plain paths become absolute file:// URIs; other URIs are returned without a trailing slash."""
+    """Plain paths and relative file:// URIs become absolute file:// URIs; other URIs are returned
+    without a trailing slash.
+
+    `file://./artifacts` (the CLI default and the README's form) means `./artifacts` under the current
+    directory; read by the URI rules its "." would be a host name and the path `/artifacts`.
+    """
     if "://" not in uri:
         return Path(uri).expanduser().resolve().as_uri()
     if uri.startswith("file://localhost/"):
