@@ -9,6 +9,7 @@ go to MinIO, and the cluster's Prometheus scrapes the operator's pods.
 * a stage that fails: retries exhausted, BackoffLimitExceeded with the pod's termination message, and its
   dependent fails with DependencyFailed;
 * suspend and resume: the running stage pod is stopped on the node, and the run finishes after resuming;
+  a suspended finetune's new pod restores the checkpoint its first pod kept in MinIO and resumes there;
 * a CritiqueRun with `resources.nodes: 2`: an Indexed Job of two pods that train together through torchrun
   and DeepSpeed ZeRO-2, rank 1 finding rank 0 at `<job>-0.<service>` through cluster DNS (CoreDNS).
 """
@@ -215,6 +216,41 @@ def test_suspend_stops_the_stage_pod_and_resume_finishes(api):
     api.wait_condition("CritiqueRun", "pausable", "Succeeded", "True", timeout=600, log=lambda: why(api))
     (after,) = stage_pods(api, job)
     assert after["metadata"]["uid"] != pod["metadata"]["uid"] and after["status"]["phase"] == "Succeeded"
+
+
+def _kept_checkpoints(s3_server, run: str) -> list[int]:
+    """Steps of the finetune checkpoints of `run` kept complete in MinIO (<output>.work/, docs/operator.md)."""
+    listed = s3_server.filesystem().find(s3_server.bucket)
+    return sorted(int(m.group(1)) for key in listed if f"/{run}/" in key
+                  and (m := re.search(r"/finetune\.work/dirs/checkpoints/checkpoint-(\d+)/\.kept-0$", key)))
+
+
+def test_a_suspended_finetune_resumes_from_its_kept_checkpoint(api, s3_server):
+    api.create("Constitution", "harmless", constitution_spec())
+    every = 25  # optimizer steps between checkpoints; ~8 rows x 100 epochs = ~800 steps in all
+    api.create("CritiqueRun", "resumable", {
+        "constitutionRef": {"name": "harmless"}, "model": TINY, "prompts": {"source": "builtin:red-team", "limit": 4},
+        "revisions": 1, "generation": SMALL_GENERATION, "finetune": {"epochs": 100, "batchSize": 1, "maxLength": 128},
+        "resources": {**POD, "podTemplate": {"spec": {"containers": [
+            {"name": "stage", "env": [{"name": "CAI_CHECKPOINT_STEPS", "value": str(every)}]}]}}}})
+    job = "resumable-finetune"
+    until("a finetune checkpoint kept in MinIO", lambda: _kept_checkpoints(s3_server, "resumable"), 420, 0.2,
+          on_timeout=lambda: why(api))
+    (first,) = stage_pods(api, job)
+    api.patch("CritiqueRun", "resumable", {"spec": {"suspend": True}})
+    until(f"pod {first['metadata']['name']} to be gone", lambda: not stage_pods(api, job), 120,
+          on_timeout=lambda: why(api))
+    kept = _kept_checkpoints(s3_server, "resumable")
+    assert kept and kept[-1] % every == 0, kept
+
+    api.patch("CritiqueRun", "resumable", {"spec": {"suspend": False}})
+    api.wait_condition("CritiqueRun", "resumable", "Succeeded", "True", timeout=600, log=lambda: why(api))
+    (after,) = stage_pods(api, job)
+    assert after["metadata"]["uid"] != first["metadata"]["uid"]
+    log = api.kube.kubectl("logs", "-n", api.ns, after["metadata"]["name"]).stdout
+    assert "[finetune] restored earlier work from s3://" in log, log[-3000:]
+    assert re.search(rf"\[finetune\] resuming from \S+/checkpoint-{kept[-1]}\b", log), log[-3000:]
+    assert not _kept_checkpoints(s3_server, "resumable"), "the kept work is removed once the model is published"
 
 
 def test_two_node_finetune_trains_with_torchrun_and_deepspeed(api, s3_server, real_node):

@@ -134,6 +134,7 @@ def test_harmless_settings_pass():
                 "name": "stage", "imagePullPolicy": "Always",
                 "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "NCCL_DEBUG", "value": "INFO"},
                         {"name": "CAI_CACHE_DIR", "value": "/cache/cai"},
+                        {"name": "CAI_CHECKPOINT_STEPS", "value": "10"},
                         {"name": "HTTPS_PROXY", "valueFrom": {"configMapKeyRef": {"name": "p", "key": "k"}}}],
                 "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"},
                                  {"name": "cfg", "mountPath": "/data/cfg", "readOnly": True},

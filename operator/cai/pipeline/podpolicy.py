@@ -37,7 +37,8 @@ MOUNT_ROOTS = ("/data", "/mnt", "/models", "/scratch", "/workspace", "/cache")
 # or the operator's own wiring are not among them.
 ENV_NAMES = ("HF_*", "HUGGING_FACE_HUB_*", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "NCCL_*",
              "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TORCH_NCCL_*", "FI_PROVIDER", "FI_EFA_*", "HTTP_PROXY",
-             "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "TZ", "CAI_CACHE_DIR")
+             "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "TZ", "CAI_CACHE_DIR",
+             "CAI_CHECKPOINT_STEPS")
 # Volume types a template may use without a namespace policy; `secret` volumes need their Secret allowed.
 VOLUME_TYPES = frozenset({"emptyDir", "configMap", "downwardAPI", "projected", "ephemeral", "secret"})
 # Volume types no policy can allow: they reach the node's filesystem or run a git clone on the node.
