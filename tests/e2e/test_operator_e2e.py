@@ -15,21 +15,16 @@ go to MinIO, and the cluster's Prometheus scrapes the operator's pods.
 """
 from __future__ import annotations
 
-import copy
 import json
 import re
 
 import pytest
-import yaml
 
-from tests.cluster.control_plane import REPO
 from tests.integration.operator_support import constitution_spec, until
+from tests.quickstart import SMALL_GENERATION, SMALL_TRAINING, TINY, small_quickstart
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-TINY = "builtin:tiny-random"
-SMALL_GENERATION = {"maxNewTokens": 16, "batchSize": 8}
-SMALL_TRAINING = {"epochs": 1, "batchSize": 4, "maxLength": 256}
 # The node has this machine's 2 CPUs; the chart's default stage pod (2 CPUs, 8Gi) would not fit beside
 # the operator's pods.
 POD = {"cpu": "1", "memory": "3Gi"}
@@ -37,36 +32,7 @@ METRICS_JOB = 'job="cai-operator-metrics"'
 
 
 def quickstart() -> list[dict]:
-    """examples/quickstart's runs (SL and RL), shrunk to the tiny random model, a few prompts and steps."""
-    docs = [d for p in sorted((REPO / "examples" / "quickstart").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text())]
-    runs = [copy.deepcopy(d) for d in docs if d and d.get("kind") in ("CritiqueRun", "PreferenceModel", "RLAIFRun")]
-    assert {r["kind"] for r in runs} == {"CritiqueRun", "PreferenceModel", "RLAIFRun"}, "the quickstart changed shape"
-    for run in runs:
-        spec = run["spec"]
-        spec["resources"] = {**spec.get("resources", {}), **POD}
-        spec["prompts"] = {**spec.get("prompts", {}), "limit": 4}
-        for key in ("model", "feedbackModel"):
-            if key in spec:
-                spec[key] = TINY
-        if "model" in spec.get("policy", {}):
-            spec["policy"]["model"] = TINY
-        if "generation" in spec or run["kind"] != "RLAIFRun":
-            spec["generation"] = {**spec.get("generation", {}), **SMALL_GENERATION}
-        if run["kind"] == "CritiqueRun":
-            if "helpfulPrompts" in spec:
-                spec["helpfulPrompts"]["limit"] = 2
-            spec.update(revisions=2, fewShotExamples=1)
-            spec["finetune"] = {**spec.get("finetune", {}), **SMALL_TRAINING}
-        elif run["kind"] == "PreferenceModel":
-            spec["training"] = {**spec.get("training", {}), **SMALL_TRAINING}
-            spec.pop("pairsPerPrompt", None)
-        else:
-            spec.update(steps=2, generationsPerPrompt=2, batchSize=2, maxNewTokens=16)
-            ev = spec.setdefault("evaluation", {})
-            ev["redTeamPrompts"] = {**ev.get("redTeamPrompts", {"source": "builtin:red-team", "split": "test"}), "limit": 2}
-            ev["helpfulPrompts"] = {**ev.get("helpfulPrompts", {"source": "builtin:helpful", "split": "test"}), "limit": 2}
-            ev["maxNewTokens"] = 16
-    return runs
+    return small_quickstart(POD)
 
 
 def stage_pods(api, job: str) -> list[dict]:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import control_plane as cp
 from cai.store import commit_artifact, download_artifact, read_manifest
+from tests.cluster import control_plane as cp
 
 pytestmark = pytest.mark.cluster
 
@@ -70,8 +70,7 @@ def _version(root: Path, tag: bytes, big: int) -> Path:
     root.mkdir(parents=True)
     (root / "a.json").write_bytes(b'{"version": "' + tag + b'"}')
     with open(root / "weights.bin", "wb") as f:  # large enough that its upload is still going on when killed
-        for _ in range(big):
-            f.write(tag * ((1 << 20) // len(tag)))
+        f.writelines(tag * ((1 << 20) // len(tag)) for _ in range(big))
     return root
 
 
