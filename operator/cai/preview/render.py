@@ -2,8 +2,8 @@
 Job and the formula of its estimate.
 
 Like `cai status`: table cells are single words, so rich never breaks them (when the table does not fit
-the width, the blocks carry its figures instead); the blocks are wrapped here at spaces only, so a Job
-name, a number or a formula term is never split over two lines.
+the width it is left out: the blocks carry its figures too); the blocks are wrapped here at spaces only,
+so a Job name, a number or a formula term is never split over two lines.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def _table(plan: ResourcePlan, width: int) -> Table | None:
     return table
 
 
-def _stage_block(st: StagePlan, with_figures: bool) -> list[str]:
+def _stage_block(st: StagePlan) -> list[str]:
+    """The Job, the prompt sources and the estimate's formula: every figure of the table row too."""
     gpus = f"{st.gpus_per_pod} GPU{'s' if st.gpus_per_pod > 1 else ''}" if st.gpus_per_pod else "no GPU"
     pods = f"{st.pods} pod{'s' if st.pods > 1 else ''} × {gpus}"
     job = (f"Indexed Job {st.job}, {pods}, headless Service {st.service}" if st.indexed
@@ -61,8 +62,6 @@ def _stage_block(st: StagePlan, with_figures: bool) -> list[str]:
         lines.append(f"prompts: {s.field} {s.source}: {short(s.prompts)} ({HOW_COUNTED[s.counted_from]})")
     if st.comparisons is not None:
         lines.append(f"comparisons: {st.comparisons:,}")
-    if with_figures and st.generated_tokens is not None:
-        lines.append(f"generated tokens: {st.generated_tokens:,}")
     lines.append(st.estimate)
     return lines
 
@@ -86,7 +85,7 @@ def print_plan(console: Console, plans: list[ResourcePlan]) -> None:
         if table is not None:
             console.print(table)
         for st in plan.stages:
-            block = _stage_block(st, with_figures=table is None)
+            block = _stage_block(st)
             text = "\n".join([_wrap(block[0], "  ", width), *(_wrap(x, "    ", width) for x in block[1:])])
             console.print(Text(text), soft_wrap=True)
         console.print()
