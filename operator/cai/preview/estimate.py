@@ -10,6 +10,7 @@ short answer costs less); each comes with its formula on the spec's numbers.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -64,13 +65,19 @@ class ResourcePlan:
     stages: list[StagePlan]
 
 
+@functools.lru_cache(maxsize=64)
+def _rows(source: str, limit: int | None, split: str | None) -> int:
+    """Prompts of a built-in set or a file here (read once, though several stages read the source)."""
+    return len(load_prompts(source, limit, split))
+
+
 def _count(path: str, src: PromptSource | None) -> SourceCount | None:
     if src is None:
         return None
     source, path_here = src.source, src.source.removeprefix("file://")
     here = not source.startswith(("builtin:", "hf:")) and "://" not in path_here and Path(path_here).is_file()
     if source.startswith("builtin:") or here:
-        n = len(load_prompts(source, src.limit, src.split))
+        n = _rows(source, src.limit, src.split)
         return SourceCount(path, source, n, "builtin" if source.startswith("builtin:") else "file")
     if src.limit is not None:
         return SourceCount(path, source, src.limit, "limit")
