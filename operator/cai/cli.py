@@ -10,6 +10,7 @@ import re
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 DEFAULT_STORE = "file://./artifacts"
 
@@ -71,22 +72,53 @@ def cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
+def _validated(args: argparse.Namespace, check_references: bool) -> tuple[list[Any], int]:
+    """The resources of `args.paths` and 0, or 1 after printing every problem (`cai validate`)."""
     from .validation import validate_paths
 
-    resources, problems = validate_paths(
-        args.paths, local=args.local, check_references=not args.allow_external_refs
-    )
+    resources, problems = validate_paths(args.paths, local=args.local, check_references=check_references)
     for p in problems:
         print(p)
     if problems:
         objects = {(p.file, p.obj) for p in problems}
         print(f"{len(problems)} problem(s) in {len(objects)} object(s)", file=sys.stderr)
-        return 1
+        return resources, 1
     if not resources:  # a wrong path or a file of other objects: validating nothing is no success
         print(f"error: no cai.dev objects in {', '.join(args.paths)}", file=sys.stderr)
+        return resources, 1
+    return resources, 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    resources, status = _validated(args, check_references=not args.allow_external_refs)
+    if not status:
+        print(f"{len(resources)} object(s) valid", file=sys.stderr)
+    return status
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.console import Console
+
+    from .data.prompts import PromptSourceError
+    from .preview.estimate import plan_resources, to_json
+    from .preview.render import print_plan
+
+    # Objects referenced but not given are taken to exist in the cluster (the plan lists them).
+    args.local = False
+    resources, status = _validated(args, check_references=False)
+    if status:
+        return status
+    try:
+        plans = plan_resources(resources)
+    except PromptSourceError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"{len(resources)} object(s) valid", file=sys.stderr)
+    if args.output == "json":
+        print(json.dumps(to_json(plans), indent=2, ensure_ascii=False))
+    else:
+        print_plan(Console(), plans)
     return 0
 
 
@@ -193,6 +225,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-external-refs", action="store_true",
                    help="do not report references to objects outside the given manifests")
     s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser(
+        "plan",
+        formatter_class=_HelpFormatter,
+        help="show what manifests will create: stages, Jobs, pods, GPUs, prompts, tokens",
+        description="Validate the manifests as `cai validate` does, then show per run, in dependency order, "
+        "each stage with its Job (an Indexed Job over resources.nodes pods for training stages), GPUs per "
+        "pod, the prompts it reads and an estimate of its generated tokens or optimizer steps, with the "
+        "formula. Nothing runs; objects referenced but not given are assumed to exist in the cluster.",
+    )
+    s.add_argument("paths", nargs="+", help="manifest files or directories")
+    s.add_argument("-o", "--output", choices=("table", "json"), default="table",
+                   help="table (default) or json (keys: README, \"Planning a run\")")
+    s.set_defaults(func=cmd_plan)
 
     store_help = "artifact store URI or path; file://./dir is under this directory (default: %(default)s)"
     s = sub.add_parser(

@@ -29,7 +29,7 @@ def test_import_contracts_hold():
 OPERATOR_PATH = f"""
 import importlib, json, pkgutil, sys
 import cai
-for pkg in ("api", "pipeline", "store", "controller", "local"):
+for pkg in ("api", "pipeline", "store", "controller", "local", "preview"):
     module = importlib.import_module(f"cai.{{pkg}}")
     for info in pkgutil.walk_packages(module.__path__, f"cai.{{pkg}}."):
         importlib.import_module(info.name)
@@ -52,6 +52,9 @@ assert spec_problems(run, OperatorConfig()) == []
 ctx = Context(config=OperatorConfig(storage_uri="s3://bucket/root"), lookup=lambda k, n: by_name.get((k, n)))
 out = reconcile_run(run, Observed(now=0.0, storage_configmap=MISSING), ctx)
 assert [o["kind"] for o in out.creates] == ["ConfigMap", "Job"], out
+# What `cai plan` does with the same manifests.
+from cai.preview.estimate import plan_resources
+assert plan_resources(resources)
 print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {ML_LIBRARIES!r})))
 """
 
