@@ -22,10 +22,28 @@ import kopf
 from .config import ConfigError, OperatorConfig
 
 
-def run_operator(args: argparse.Namespace) -> int:
-    level = os.environ.get("CAI_LOG_LEVEL", "INFO").upper()
+class RetriesAreWarnings(logging.Filter):
+    """kopf logs every retried API request at ERROR ("Request attempt #1/9 failed; will retry: ..."),
+    the routine ones of start-up included (an apiserver still starting, a watch cut by a restart). A
+    retry is a warning; the final failure ("...; escalating") stays an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and record.name.startswith("kopf.") \
+                and "failed; will retry" in record.getMessage():
+            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        return True
+
+
+def configure_logging(level: str) -> None:
     kopf.configure(verbose=level == "DEBUG", log_format=kopf.LogFormat.FULL)
     logging.getLogger().setLevel(level)
+    for handler in logging.getLogger().handlers:  # handler filters see records of every logger
+        handler.addFilter(RetriesAreWarnings())
+
+
+def run_operator(args: argparse.Namespace) -> int:
+    level = os.environ.get("CAI_LOG_LEVEL", "INFO").upper()
+    configure_logging(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     if level != "DEBUG":
         # kopf logs "Handler ... succeeded" for every watch event; our own log lines say what happened.
