@@ -59,6 +59,9 @@ NS_SCRIPT = Path(__file__).with_name("node-ns.sh")
 CGROUP_FS = Path("/sys/fs/cgroup")
 
 
+UNIX_SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with its NUL; longer paths fail to bind (EINVAL)
+
+
 class NodeError(RuntimeError):
     """The node cannot start here (what is missing, and how to get it)."""
 
@@ -96,6 +99,11 @@ def check_host(root: Path, bin_dir: Path) -> None:
     for d in OVERLAID:
         if resolved.is_relative_to(d):
             raise NodeError(f"cluster root {resolved} is under {d}, which the node overlays: use another root")
+    longest = NodePaths(resolved / "node").kubelet_root / "pod-resources" / "0123456789"  # kubelet's temp socket
+    if len(str(longest)) > UNIX_SOCKET_PATH_MAX:
+        raise NodeError(f"cluster root {resolved} is too long for the kubelet's sockets ({longest} is "
+                        f"{len(str(longest))} characters, a unix socket path holds {UNIX_SOCKET_PATH_MAX}): "
+                        "use a shorter root")
 
 
 def _short_hash(root: Path) -> str:

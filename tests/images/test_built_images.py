@@ -170,13 +170,16 @@ spec:
 def test_trainer_image_runs_a_critique_run_with_deepspeed_on_a_read_only_root(images):
     """Both stages of a tiny CritiqueRun, generation then TRL SFT under DeepSpeed ZeRO-2 (one process),
     with only /tmp writable and no network: work directories go through the cache's /tmp symlinks.
-    Both manifests exist (ls) only if both stages committed their artifacts."""
+    Both manifests exist (ls) only if both stages committed their artifacts; DeepSpeed's own lines are
+    read from the finetune stage's log in the store."""
     script = (
         'set -e; printf "%s" "$CRUN" >/tmp/crun.yaml; '
         "cat /opt/constitutions/harmless.yaml >/dev/null; "
         "cai run /opt/constitutions/harmless.yaml /tmp/crun.yaml --store file:///tmp/store; "
         "ls /tmp/store/default/critiqueruns/image-check/local/finetune/manifest.json "
-        "/tmp/store/default/critiqueruns/image-check/local/generate-revisions/manifest.json")
+        "/tmp/store/default/critiqueruns/image-check/local/generate-revisions/manifest.json; "
+        # `cai run` keeps each stage's own output in the store's log, not on the terminal.
+        "cat /tmp/store/default/critiqueruns/image-check/local/logs/finetune.log")
     cmd = [*PODMAN_RUN, "--user", RUN_AS, "--entrypoint", "sh",
            "--volume", f"{REPO / 'constitutions'}:/opt/constitutions:ro",
            *(a for k, v in {"HF_HUB_OFFLINE": "1", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",

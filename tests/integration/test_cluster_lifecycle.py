@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +27,15 @@ from tests.cluster import control_plane as cp
 from tests.cluster import node as node_mod
 
 pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def short_tmp():
+    """A temporary directory with a short path: pytest's tmp_path can be too long for the kubelet's unix
+    sockets under the cluster root (a socket path holds 107 characters)."""
+    path = Path(tempfile.mkdtemp(prefix="cai-lc-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _listening_addrs(pids: set[int]) -> set[str]:
@@ -62,8 +73,8 @@ def _host_state() -> dict[str, str]:
     return state
 
 
-def test_cli_up_status_down(tmp_path):
-    root = tmp_path / "cluster"
+def test_cli_up_status_down(short_tmp):
+    root = short_tmp / "cluster"
     run = lambda *a: subprocess.run([sys.executable, "-m", "tests.cluster.control_plane", *a,
                                      "--root", str(root)], capture_output=True, text=True, timeout=180, check=False,
                                     cwd=cp.REPO)
@@ -128,9 +139,9 @@ def test_cli_up_status_down(tmp_path):
     assert run("status").returncode == 1
 
 
-def test_failing_component_shows_its_log_tail(tmp_path):
+def test_failing_component_shows_its_log_tail(short_tmp):
     """A component that dies on start fails `up` with its log tail, and the others are stopped."""
-    bins = tmp_path / "bin"
+    bins = short_tmp / "bin"
     bins.mkdir()
     for b in cp.bin_dir_default().iterdir():
         (bins / b.name).symlink_to(b.resolve())
@@ -138,7 +149,7 @@ def test_failing_component_shows_its_log_tail(tmp_path):
     (bins / "kube-apiserver").write_text("#!/bin/sh\necho 'E0101 apiserver: cannot start: injected failure 7f3a' >&2\n"
                                          "exit 1\n")
     (bins / "kube-apiserver").chmod(0o755)
-    root = tmp_path / "cluster"
+    root = short_tmp / "cluster"
     with pytest.raises(cp.ClusterError) as e:
         cp.up(root, bins, timeout=60, reuse=False, die_with_parent=True)
     msg = str(e.value)
@@ -153,7 +164,15 @@ def test_failing_component_shows_its_log_tail(tmp_path):
     cp.down(root)
 
 
-def test_port_taken_during_start_is_retried(tmp_path, monkeypatch):
+def test_a_root_too_long_for_the_node_sockets_is_refused_before_anything_starts(tmp_path):
+    root = tmp_path / ("r" * 60) / "cluster"
+    with pytest.raises(cp.ClusterError, match="too long for the kubelet's sockets") as e:
+        cp.up(root, reuse=False, die_with_parent=True)
+    assert str(root) in str(e.value)
+    assert not (root / "state.json").exists() and not (root / "node").exists()
+
+
+def test_port_taken_during_start_is_retried(short_tmp, monkeypatch):
     """Ports are picked free then bound by the components; if something takes one in between, `up`
     starts again on new ports instead of failing the session."""
     import socket
@@ -173,7 +192,7 @@ def test_port_taken_during_start_is_retried(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cp, "free_ports", free_ports)
     messages = []
-    root = tmp_path / "cluster"
+    root = short_tmp / "cluster"
     try:
         cluster = cp.up(root, reuse=False, die_with_parent=True, log=messages.append)
         assert cluster.healthy()
@@ -185,10 +204,10 @@ def test_port_taken_during_start_is_retried(tmp_path, monkeypatch):
         squatter.close()
 
 
-def test_node_of_a_killed_session_is_removed_by_the_next_start(tmp_path):
+def test_node_of_a_killed_session_is_removed_by_the_next_start(short_tmp):
     """A session killed without `down` leaves its node's namespace, link, route and cgroups behind (its
     components die with it); the next cluster start on this machine removes them."""
-    root = tmp_path / "killed"
+    root = short_tmp / "killed"
     script = ("import sys, time; from pathlib import Path; from tests.cluster import control_plane as cp; "
               "cp.up(Path(sys.argv[1]), reuse=False, die_with_parent=True, owner='pytest'); "
               "print('up', flush=True); time.sleep(600)")
