@@ -171,12 +171,7 @@ def _verify_copy(dest: Path, source: Any, tokenizer: Any) -> str:
     from transformers import AutoModelForCausalLM
 
     reloaded = AutoModelForCausalLM.from_pretrained(dest, dtype=torch.float32).eval()
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "What is the capital of France?"}],
-        tokenize=False,
-        add_generation_prompt=True,
-    )
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    ids = qwen.check_question_ids(tokenizer)
     with torch.inference_mode():
         diff = (reloaded(**ids).logits - source(**ids).logits).abs().max().item()
         if diff > 1e-4:

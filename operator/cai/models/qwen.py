@@ -110,6 +110,17 @@ def build(name: str, dest: Path, scratch_root: Path) -> dict[str, Any]:
     }
 
 
+CHECK_QUESTION = "What is the capital of France?"
+
+
+def check_question_ids(tokenizer: Any) -> Any:
+    """The chat prompt a freshly converted built-in model is asked (one question for every built-in)."""
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": CHECK_QUESTION}], tokenize=False, add_generation_prompt=True
+    )
+    return tokenizer(text, return_tensors="pt", add_special_tokens=False)
+
+
 def verify(dest: Path, name: str) -> str:
     """The prepared model must answer a factual question correctly when decoding greedily.
 
@@ -138,12 +149,7 @@ def verify(dest: Path, name: str) -> str:
     missing = set(params) - loaded - ({"lm_head.weight"} if model.config.tie_word_embeddings else set())
     if missing:
         raise ModelResolveError(f"prepared builtin:{name} lacks {sorted(missing)[:3]}")
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "What is the capital of France?"}],
-        tokenize=False,
-        add_generation_prompt=True,
-    )
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    ids = check_question_ids(tokenizer)
     with torch.inference_mode():
         out = model.generate(**ids, max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     reply = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
