@@ -14,7 +14,7 @@ from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from .api.kinds import RunCommon
-from .api.manifest import Problem, Resource, load_documents, parse_resource
+from .api.manifest import Problem, Resource, load_documents, parse_leniently, parse_resource
 from .pipeline.plan import PLAN_SPECS_LIMIT, Lookup, model_refs, prompt_sources, references
 from .pipeline.podpolicy import pod_problems
 
@@ -105,18 +105,20 @@ def _plan_size_problems(res: Resource, seen: dict[tuple[str, str, str], Resource
 def validate_paths(paths: Iterable[str | Path], *, local: bool = False, check_references: bool = True,
                    known: Lookup | None = None) -> tuple[list[Resource], list[Problem]]:
     docs, problems = load_documents(paths)
-    resources = []
+    resources, broken = [], []
     for file, doc in docs:
         res, probs = parse_resource(doc, file)
         problems.extend(probs)
         if res is not None:
             resources.append(res)
+        elif (partial := parse_leniently(doc, file)) is not None:
+            broken.append(partial)  # its references, models and sources are checked in this pass too
     declared = {
         (str(d.get("kind")), str(d["metadata"].get("namespace") or "default"), str(d["metadata"].get("name")))
         for _, d in docs
         if isinstance(d.get("metadata"), dict)
     }
-    cross = check_resources(resources, local=local, known=known, declared=declared)
+    cross = check_resources(resources + broken, local=local, known=known, declared=declared)
     if not check_references:
         cross = [p for p in cross if "not among the given manifests" not in p.message]
     return resources, problems + cross

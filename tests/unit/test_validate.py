@@ -69,8 +69,43 @@ def test_each_kind_of_problem_is_named(tmp_path):
     }
     assert expected <= set(out), out
     assert any(line.startswith(f"{f}: CritiqueRun/sl: spec.colour: unknown field") for line in out)
+    # sl2's field error does not hide its unknown model: one pass reports both
+    assert any(line.startswith(f"{f}: CritiqueRun/sl2: spec.model: invalid model reference 'builtin:gpt-17'")
+               for line in out), out
     # A valid object referencing an invalid one is not reported as a missing reference.
     assert not any("critiqueRunRef.name" in line for line in out)
+
+
+def test_field_errors_do_not_hide_reference_model_and_source_problems(tmp_path):
+    """Every problem of a file in one pass: an object whose fields are invalid still has its references,
+    model and prompt sources checked (with the invalid fields left out), nested and list fields included."""
+    f = write(tmp_path, "run.yaml", """\
+        apiVersion: cai.dev/v1alpha1
+        kind: CritiqueRun
+        metadata: {name: broken}
+        spec:
+          constitutionRef: {name: nothere}
+          model: builtin:gpt-17
+          seed: lots
+          prompts: {source: builtin:nope, limit: -1}
+          finetune: {epochs: many}
+        ---
+        apiVersion: cai.dev/v1alpha1
+        kind: Constitution
+        metadata: {name: odd}
+        spec:
+          critiqueRevisionPrinciples:
+            - {name: ok, critique: c, revision: r}
+            - {name: 7, critique: c}
+        """)
+    r = validate(str(f))
+    assert r.returncode == 1
+    out = lines(r)
+    paths = {line.split(": ")[2] for line in out if line.startswith(f"{f}: CritiqueRun/broken:")}
+    assert {"spec.seed", "spec.prompts.limit", "spec.finetune.epochs",  # field errors
+            "spec.constitutionRef.name", "spec.model", "spec.prompts.source"} <= paths, out
+    assert any("spec.prompts.source: unknown builtin prompt set" in line for line in out), out
+    assert any(line.startswith(f"{f}: Constitution/odd: spec.critiqueRevisionPrinciples[1]") for line in out), out
 
 
 def test_model_and_prompt_sources_checked(tmp_path):

@@ -6,6 +6,7 @@ was expected — the format `cai validate` prints and `cai run` refuses to start
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import re
@@ -394,6 +395,61 @@ def parse_resource(
         problems,
     )
 
+
+
+_DROPPED = object()
+
+
+def parse_leniently(doc: dict[str, Any], file: str = "-") -> Resource | None:
+    """The resource `doc` describes with its invalid spec fields left out (defaults in their place), or
+    None when even that cannot be built. Only for checking, in the same pass as the field errors, what a
+    broken object references (constitutions, models, prompt sources): never run it."""
+    if doc.get("kind") not in KINDS or not isinstance(doc.get("spec"), dict):
+        return None
+    doc = copy.deepcopy(doc)
+    spec_model = KINDS[doc["kind"]].spec
+    for _ in range(5):
+        try:
+            spec_model.model_validate(doc["spec"], by_name=False)
+            return parse_resource(doc, file)[0]
+        except ValidationError as e:
+            dropped = [_drop(doc["spec"], tuple(err["loc"])) for err in e.errors(include_url=False)]
+        if not any(dropped):
+            return None
+        _purge(doc["spec"])
+    return None
+
+
+def _drop(spec: dict[str, Any], loc: tuple[Any, ...]) -> bool:
+    """Leave out the deepest field of `loc` present in `spec` (a list item becomes _DROPPED, so the
+    indices of other errors stay valid until _purge)."""
+    parent: Any = None
+    key: Any = None
+    node: Any = spec
+    for part in loc:
+        if isinstance(node, dict) and part in node or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        ):
+            parent, key, node = node, part, node[part]
+        else:
+            break
+    if parent is None or node is _DROPPED:
+        return False
+    if isinstance(parent, list):
+        parent[key] = _DROPPED
+    else:
+        del parent[key]
+    return True
+
+
+def _purge(node: Any) -> None:
+    if isinstance(node, dict):
+        for value in node.values():
+            _purge(value)
+    elif isinstance(node, list):
+        node[:] = [v for v in node if v is not _DROPPED]
+        for value in node:
+            _purge(value)
 
 def _dns_label(value: object) -> bool:
     return isinstance(value, str) and len(value) <= 63 and NAME_RE.match(value) is not None
