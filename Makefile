@@ -64,6 +64,7 @@ lint: env
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/shellcheck $$(git ls-files '*.sh')
 
 test-fast: models
 	$(BIN)/pytest tests/unit tests/stages $(PYTEST_ARGS)

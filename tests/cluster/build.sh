@@ -19,7 +19,7 @@ NICE="${NICE:-nice -n 10}"
 
 K8S_VERSION=v1.34.10      # keep in step with go.mod
 HELM_VERSION=v3.19.5
-ETCD_VERSION=v3.6.4      # informational: etcd comes from go.mod (the version k8s 1.34 uses)
+# etcd v3.6.4 comes from go.mod (the version k8s 1.34 uses)
 
 k8s_ldflags=""
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do

@@ -1,4 +1,4 @@
-"""The tree stays lint-clean: `ruff check .` and `mypy` (pinned in the dev extra) with pyproject's settings."""
+"""The tree stays lint-clean: `ruff check .`, `mypy` and shellcheck (pinned in the dev extra) with pyproject's settings."""
 
 from __future__ import annotations
 
@@ -28,4 +28,12 @@ def test_mypy_finds_nothing():
     (pyproject's [tool.mypy]); the cache lives outside the checkout."""
     r = subprocess.run([_tool("mypy"), "--cache-dir", str(Path(tempfile.gettempdir()) / "cai-mypy-cache")], cwd=ROOT,
                        capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+
+def test_shellcheck_finds_nothing_in_the_projects_scripts():
+    scripts = subprocess.run(["git", "ls-files", "*.sh"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert "bench/gpu_check.sh" in scripts
+    r = subprocess.run([_tool("shellcheck"), *scripts], cwd=ROOT, capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
