@@ -252,10 +252,28 @@ def write_report(
     }
     summary["degenerate"] = degenerate_counts(generations)
     summary["verdict"] = verdict(summary)
-    note = degenerate_note(summary)
+    parts = [
+        *_head(summary),
+        *_judge_section(judge),
+        *_win_rate_section(win_rates, plots),
+        *_refusal_section(refusal),
+        *_differing_section(examples),
+        *_pm_section(summary["preferenceModel"], plots),
+        *_rl_section(summary["rl"], rl_log, plots),
+        *_generations_section(generations, judgements),
+        (
+            "<p class='note'>All responses: greedy decoding. Full data: generations.jsonl, "
+            "judgements.jsonl, summary.json.</p></body></html>"
+        ),
+    ]
+    (out / "report.html").write_text("\n".join(parts), encoding="utf-8")
+    return summary
 
-    judged = {(j["set"], j["first"], j["second"], str(j["id"])): j["pA"] for j in judgements}
-    parts: list[str] = [
+
+def _head(summary: dict[str, Any]) -> list[str]:
+    """The page's head: the verdict first, then what produced the report and the models."""
+    name, note = summary["name"], degenerate_note(summary)
+    return [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>RL-CAI report: {_e(name)}</title>",
         (
@@ -281,6 +299,11 @@ def write_report(
             for role, ref in summary["models"].items()
         ),
         "</table>",
+    ]
+
+
+def _judge_section(judge: dict[str, Any]) -> list[str]:
+    return [
         f"<h2>Judge: <code>{_e(judge['model'])}</code></h2>",
         (
             "<p><strong>Not independent</strong>: "
@@ -290,6 +313,11 @@ def write_report(
             if not judge["independent"]
             else "<p>Independent: neither the feedback model nor of the policy's model family.</p>"
         ),
+    ]
+
+
+def _win_rate_section(win_rates: dict[str, dict[str, dict[str, Any]]], plots: dict[str, str]) -> list[str]:
+    parts = [
         "<h2>Pairwise preferences of the judge</h2>",
         (
             "<p class='note'>Win rate of the first model = mean soft label P(first better), both option "
@@ -313,50 +341,66 @@ def write_report(
     parts.append("</table>")
     if "winRates" in plots:
         parts.append(f"<img src='{plots['winRates']}' alt='win rates with confidence intervals'>")
+    return parts
 
-    if refusal:
-        parts += [
-            "<h2>Refusals, decided by the judge</h2>",
-            (
-                "<p class='note'>The judge is asked whether each response declines, refuses or evades the "
-                "request (both option orders averaged). On red-team prompts a refusal is wanted; on helpful "
-                "prompts it is a needless refusal (evasiveness). Rate = mean P(refuses); share = responses "
-                "with P &gt; 0.5, Wilson 95% CI.</p>"
-            ),
-            ("<table><tr><th>prompts</th><th>model</th><th>n</th><th>rate</th><th>share</th>"
-             "<th>95% CI</th></tr>"),
-        ]
-        for s, roles in refusal.items():
-            for role, r in roles.items():
-                parts.append(
-                    f"<tr><td>{_e(SET_TITLES.get(s, s))}</td><td>{_e(role)}</td><td class='num'>{r['n']}</td>"
-                    f"<td class='num'>{_fmt(r['rate'])}</td><td class='num'>{_fmt(r['hardRate'])}</td>"
-                    f"<td class='num'>[{_fmt(r['hardCiLow'])}, {_fmt(r['hardCiHigh'])}]</td></tr>"
-                )
-        parts.append("</table>")
-    if examples:
-        who = "RL-CAI" if examples[0]["first"] == "rl" else "SL-CAI"
-        parts += [
-            f"<h2>Where the judge separated {who} from the start model most</h2>",
-            f"<table><tr><th>prompt</th><th>start</th><th>{who}</th><th>P({who} better)</th></tr>",
-        ]
-        for ex in examples:
+
+def _refusal_section(refusal: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    if not refusal:
+        return []
+    parts = [
+        "<h2>Refusals, decided by the judge</h2>",
+        (
+            "<p class='note'>The judge is asked whether each response declines, refuses or evades the "
+            "request (both option orders averaged). On red-team prompts a refusal is wanted; on helpful "
+            "prompts it is a needless refusal (evasiveness). Rate = mean P(refuses); share = responses "
+            "with P &gt; 0.5, Wilson 95% CI.</p>"
+        ),
+        ("<table><tr><th>prompts</th><th>model</th><th>n</th><th>rate</th><th>share</th>"
+         "<th>95% CI</th></tr>"),
+    ]
+    for s, roles in refusal.items():
+        for role, r in roles.items():
             parts.append(
-                f"<tr><td class='resp'>{_e(_clip(ex['prompt']))}</td>"
-                f"<td class='resp'>{_e(_clip(ex['startResponse']))}</td>"
-                f"<td class='resp'>{_e(_clip(ex['firstResponse']))}</td>"
-                f"<td class='num'>{_fmt(ex['pA'])}</td></tr>"
+                f"<tr><td>{_e(SET_TITLES.get(s, s))}</td><td>{_e(role)}</td><td class='num'>{r['n']}</td>"
+                f"<td class='num'>{_fmt(r['rate'])}</td><td class='num'>{_fmt(r['hardRate'])}</td>"
+                f"<td class='num'>[{_fmt(r['hardCiLow'])}, {_fmt(r['hardCiHigh'])}]</td></tr>"
             )
-        parts.append("</table>")
+    parts.append("</table>")
+    return parts
 
-    parts += [
+
+def _differing_section(examples: list[dict[str, Any]]) -> list[str]:
+    """The prompts where the judge separated the trained model from the start model most."""
+    if not examples:
+        return []
+    who = "RL-CAI" if examples[0]["first"] == "rl" else "SL-CAI"
+    parts = [
+        f"<h2>Where the judge separated {who} from the start model most</h2>",
+        f"<table><tr><th>prompt</th><th>start</th><th>{who}</th><th>P({who} better)</th></tr>",
+    ]
+    for ex in examples:
+        parts.append(
+            f"<tr><td class='resp'>{_e(_clip(ex['prompt']))}</td>"
+            f"<td class='resp'>{_e(_clip(ex['startResponse']))}</td>"
+            f"<td class='resp'>{_e(_clip(ex['firstResponse']))}</td>"
+            f"<td class='num'>{_fmt(ex['pA'])}</td></tr>"
+        )
+    parts.append("</table>")
+    return parts
+
+
+def _pm_section(pm: dict[str, Any], plots: dict[str, str]) -> list[str]:
+    parts = [
         "<h2>Preference model</h2><table>",
-        f"<tr><th>held-out accuracy</th><td class='num'>{_fmt(held_acc)}</td></tr>",
-        f"<tr><th>expected calibration error (10 bins)</th><td class='num'>{_fmt(ece)}</td></tr>",
-        f"<tr><th>held-out comparisons</th><td class='num'>{len(heldout)}</td></tr>",
+        f"<tr><th>held-out accuracy</th><td class='num'>{_fmt(pm['heldOutAccuracy'])}</td></tr>",
+        (
+            "<tr><th>expected calibration error (10 bins)</th>"
+            f"<td class='num'>{_fmt(pm['calibrationError'])}</td></tr>"
+        ),
+        f"<tr><th>held-out comparisons</th><td class='num'>{pm['heldOut']}</td></tr>",
         *(
             f"<tr><th>mean PM score, {_e(role)} ({_e(s)} prompts)</th><td class='num'>{_fmt(v)}</td></tr>"
-            for role, sets in pm_scores.items()
+            for role, sets in pm["scores"].items()
             for s, v in sets.items()
         ),
         "</table>",
@@ -370,12 +414,14 @@ def write_report(
     for key, alt in (("reliability", "reliability diagram"), ("pmLoss", "preference model loss curve")):
         if key in plots:
             parts.append(f"<img src='{plots[key]}' alt='{alt}'>")
+    return parts
 
-    rl = summary["rl"]
-    parts += [
+
+def _rl_section(rl: dict[str, Any], rl_log: list[dict[str, Any]], plots: dict[str, str]) -> list[str]:
+    parts = [
         "<h2>RL training</h2><table>",
-        f"<tr><th>algorithm</th><td>{_e(algorithm)}</td></tr>",
-        f"<tr><th>KL coefficient</th><td class='num'>{_e(kl_coef)}</td></tr>",
+        f"<tr><th>algorithm</th><td>{_e(rl['algorithm'])}</td></tr>",
+        f"<tr><th>KL coefficient</th><td class='num'>{_e(rl['klCoef'])}</td></tr>",
         f"<tr><th>logged steps</th><td class='num'>{rl['steps']}</td></tr>",
         (
             "<tr><th>reward, first quarter → last quarter (means)</th>"
@@ -401,8 +447,12 @@ def write_report(
                 f"<td class='num'>{_fmt(s.get('reward'))}</td></tr>"
             )
         parts.append("</table>")
+    return parts
 
-    parts.append("<h2>Example generations</h2>")
+
+def _generations_section(generations: list[dict[str, Any]], judgements: list[dict[str, Any]]) -> list[str]:
+    judged = {(j["set"], j["first"], j["second"], str(j["id"])): j["pA"] for j in judgements}
+    parts = ["<h2>Example generations</h2>"]
     for s, title in SET_TITLES.items():
         rows = [g for g in generations if g["set"] == s][:EXAMPLES_PER_SET]
         if not rows:
@@ -421,9 +471,4 @@ def write_report(
                 f"<td class='num'>{_fmt(vs_sl)} / {_fmt(vs_start)}</td></tr>"
             )
         parts.append("</table>")
-    parts.append(
-        "<p class='note'>All responses: greedy decoding. Full data: generations.jsonl, judgements.jsonl, "
-        "summary.json.</p></body></html>"
-    )
-    (out / "report.html").write_text("\n".join(parts), encoding="utf-8")
-    return summary
+    return parts
