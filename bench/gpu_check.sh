@@ -10,7 +10,7 @@
 # used. A part whose prerequisite is missing prints "SKIPPED: <why>" and the script goes on; the exit
 # status is the number of parts that failed or were skipped.
 #
-#   bench/gpu_check.sh [--python .venv/bin/python] [--out DIR]
+#   bench/gpu_check.sh [--python .venv/bin/python] [--out DIR] [--print-runs]
 #
 # Prints, per part:
 #   1. generation: vLLM (CUDA) and our transformers backend against one-prompt-at-a-time HF generate,
@@ -21,6 +21,65 @@
 #   4. DeepSpeed ZeRO-2 against plain SFT at the same step count: the ratio of steps/s.
 set -u -o pipefail
 
+# The runs of part 3-4: equal but for their step counts (generation is seeded, so the three SFT runs
+# train on equal data). `--print-runs` prints them.
+critique_run() {  # NAME FINETUNE
+  cat <<YAML
+apiVersion: cai.dev/v1alpha1
+kind: CritiqueRun
+metadata: {name: $1}
+spec:
+  constitutionRef: {name: harmless}
+  model: builtin:smollm2-135m-instruct
+  prompts: {source: builtin:red-team, limit: 64}
+  revisions: 1
+  fewShotExamples: 1
+  seed: 1
+  generation: {maxNewTokens: 64, batchSize: 64}
+  finetune: $2
+---
+YAML
+}
+rloo_run() {  # NAME STEPS
+  cat <<YAML
+apiVersion: cai.dev/v1alpha1
+kind: RLAIFRun
+metadata: {name: $1}
+spec:
+  policy: {critiqueRunRef: {name: gpu-sft-short}}
+  rewardModelRef: {name: gpu-pm}
+  prompts: {source: builtin:red-team, limit: 128}
+  algorithm: rloo
+  steps: $2
+  generationsPerPrompt: 4
+  batchSize: 4
+  maxNewTokens: 48
+  seed: 1
+  evaluation: {enabled: false}
+---
+YAML
+}
+runs() {
+  critique_run gpu-sft-short "{epochs: 1, batchSize: 8, maxLength: 512}"
+  critique_run gpu-sft-long "{epochs: 4, batchSize: 8, maxLength: 512}"
+  critique_run gpu-sft-zero2 "{epochs: 4, batchSize: 8, maxLength: 512, deepspeed: zero2}"
+  cat <<'YAML'
+apiVersion: cai.dev/v1alpha1
+kind: PreferenceModel
+metadata: {name: gpu-pm}
+spec:
+  constitutionRef: {name: harmless}
+  policy: {critiqueRunRef: {name: gpu-sft-short}}
+  prompts: {source: builtin:red-team, limit: 64}
+  seed: 1
+  generation: {maxNewTokens: 48, batchSize: 64}
+  training: {epochs: 1, batchSize: 8}
+---
+YAML
+  rloo_run gpu-rloo-short 8
+  rloo_run gpu-rloo-long 24
+}
+
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PY="$REPO/.venv/bin/python"
 OUT=$(mktemp -d /tmp/cai-gpu-check.XXXXXX)
@@ -28,8 +87,9 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --python) PY=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
-    *) echo "gpu_check.sh: unknown argument $1 (expected --python PATH or --out DIR)" >&2; exit 2 ;;
+    --print-runs) runs; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    *) echo "gpu_check.sh: unknown argument $1 (expected --python PATH, --out DIR or --print-runs)" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$OUT"
@@ -70,88 +130,7 @@ run_part 120 "$PY" "$REPO/bench/labeling.py" --comparisons 64 --batch-size 32 --
 
 part "3-4. training steps/s: SFT (bf16), SFT under DeepSpeed ZeRO-2, RLOO"
 # Two step counts per trainer: steps/s = (steps_long - steps_short) / (time_long - time_short).
-# Same runs but for the step counts (generation is seeded, so the three SFT runs train on equal data).
-cat >"$OUT/runs.yaml" <<'YAML'
-apiVersion: cai.dev/v1alpha1
-kind: CritiqueRun
-metadata: {name: gpu-sft-short}
-spec:
-  constitutionRef: {name: harmless}
-  model: builtin:smollm2-135m-instruct
-  prompts: {source: builtin:red-team, limit: 64}
-  revisions: 1
-  fewShotExamples: 1
-  seed: 1
-  generation: {maxNewTokens: 64, batchSize: 64}
-  finetune: {epochs: 1, batchSize: 8, maxLength: 512}
----
-apiVersion: cai.dev/v1alpha1
-kind: CritiqueRun
-metadata: {name: gpu-sft-long}
-spec:
-  constitutionRef: {name: harmless}
-  model: builtin:smollm2-135m-instruct
-  prompts: {source: builtin:red-team, limit: 64}
-  revisions: 1
-  fewShotExamples: 1
-  seed: 1
-  generation: {maxNewTokens: 64, batchSize: 64}
-  finetune: {epochs: 4, batchSize: 8, maxLength: 512}
----
-apiVersion: cai.dev/v1alpha1
-kind: CritiqueRun
-metadata: {name: gpu-sft-zero2}
-spec:
-  constitutionRef: {name: harmless}
-  model: builtin:smollm2-135m-instruct
-  prompts: {source: builtin:red-team, limit: 64}
-  revisions: 1
-  fewShotExamples: 1
-  seed: 1
-  generation: {maxNewTokens: 64, batchSize: 64}
-  finetune: {epochs: 4, batchSize: 8, maxLength: 512, deepspeed: zero2}
----
-apiVersion: cai.dev/v1alpha1
-kind: PreferenceModel
-metadata: {name: gpu-pm}
-spec:
-  constitutionRef: {name: harmless}
-  policy: {critiqueRunRef: {name: gpu-sft-short}}
-  prompts: {source: builtin:red-team, limit: 64}
-  seed: 1
-  generation: {maxNewTokens: 48, batchSize: 64}
-  training: {epochs: 1, batchSize: 8}
----
-apiVersion: cai.dev/v1alpha1
-kind: RLAIFRun
-metadata: {name: gpu-rloo-short}
-spec:
-  policy: {critiqueRunRef: {name: gpu-sft-short}}
-  rewardModelRef: {name: gpu-pm}
-  prompts: {source: builtin:red-team, limit: 128}
-  algorithm: rloo
-  steps: 8
-  generationsPerPrompt: 4
-  batchSize: 4
-  maxNewTokens: 48
-  seed: 1
-  evaluation: {enabled: false}
----
-apiVersion: cai.dev/v1alpha1
-kind: RLAIFRun
-metadata: {name: gpu-rloo-long}
-spec:
-  policy: {critiqueRunRef: {name: gpu-sft-short}}
-  rewardModelRef: {name: gpu-pm}
-  prompts: {source: builtin:red-team, limit: 128}
-  algorithm: rloo
-  steps: 24
-  generationsPerPrompt: 4
-  batchSize: 4
-  maxNewTokens: 48
-  seed: 1
-  evaluation: {enabled: false}
-YAML
+runs >"$OUT/runs.yaml"
 if run_part 300 "${CAI[@]}" run "$REPO/constitutions/harmless.yaml" "$OUT/runs.yaml" --store "$STORE"; then
   if ! "$PY" - "$OUT/store/default" <<'PY'
 import json, sys
