@@ -396,7 +396,6 @@ def parse_resource(
     )
 
 
-
 _DROPPED = object()
 
 
@@ -450,6 +449,7 @@ def _purge(node: Any) -> None:
         node[:] = [v for v in node if v is not _DROPPED]
         for value in node:
             _purge(value)
+
 
 def _dns_label(value: object) -> bool:
     return isinstance(value, str) and len(value) <= 63 and NAME_RE.match(value) is not None
