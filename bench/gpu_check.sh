@@ -82,7 +82,7 @@ YAML
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PY="$REPO/.venv/bin/python"
-OUT=$(mktemp -d /tmp/cai-gpu-check.XXXXXX)
+OUT=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --python) PY=$2; shift 2 ;;
@@ -92,6 +92,7 @@ while [ $# -gt 0 ]; do
     *) echo "gpu_check.sh: unknown argument $1 (expected --python PATH, --out DIR or --print-runs)" >&2; exit 2 ;;
   esac
 done
+OUT=${OUT:-$(mktemp -d /tmp/cai-gpu-check.XXXXXX)}
 mkdir -p "$OUT"
 STORE="file://$OUT/store"
 CAI=("$PY" -m cai)
@@ -101,8 +102,10 @@ part() { printf '\n== %s\n' "$*"; }
 skip() { echo "SKIPPED: $*"; problems=$((problems + 1)); }
 run_part() {  # run_part SECONDS CMD...: run with a time limit, count a failure
   local limit=$1; shift
-  if ! timeout "$limit" "$@"; then
-    echo "FAILED (exit $?, limit ${limit}s): $*"
+  local rc=0
+  timeout "$limit" "$@" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    echo "FAILED (exit $rc$([ "$rc" -eq 124 ] && echo ": over the ${limit}s limit")): $*"
     problems=$((problems + 1))
     return 1
   fi

@@ -29,8 +29,8 @@ def test_the_runs_it_applies_are_valid_and_measure_what_it_says(tmp_path):
     assert rl_short.steps < rl_long.steps and rl_short.model_copy(update={"steps": rl_long.steps}) == rl_long
 
 
-def test_without_cuda_it_stops_at_once_with_one_clear_line():
-    r = subprocess.run(["bash", str(SCRIPT), "--python", sys.executable, "--out", "/tmp/cai-gpu-check-test"],
+def test_without_cuda_it_stops_at_once_with_one_clear_line(tmp_path):
+    r = subprocess.run(["bash", str(SCRIPT), "--python", sys.executable, "--out", str(tmp_path / "out")],
                        capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "no CUDA device visible" in r.stdout
