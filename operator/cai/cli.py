@@ -125,7 +125,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_stage(args: argparse.Namespace) -> int:
     from .stages.runtime import run_stage
 
-    return run_stage(args.name, args.spec, force=args.force)
+    return run_stage(args.name, args.spec, force=args.force, workers=args.workers, worker=args.worker)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -274,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", required=True, metavar="FILE",
                    help="stage spec JSON (a StageSpec: resource spec, models, input and output URIs)")
     s.add_argument("--force", action="store_true", help="run even when the output is up to date")
+    s.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run as one of N data-parallel workers (generation stages); the last to finish "
+                   "merges and publishes")
+    s.add_argument("--worker", type=int, metavar="K",
+                   help="this worker's index, 0..N-1 (default: $JOB_COMPLETION_INDEX of an Indexed Job)")
     s.set_defaults(func=cmd_stage)
 
     s = sub.add_parser(

@@ -131,6 +131,22 @@ def test_multi_node_training_is_an_indexed_job_with_torchrun_and_headless_servic
     assert "completionMode" not in build_job(r, "generate-revisions", plan(), CONFIG)["spec"]
 
 
+def test_data_parallel_generation_is_an_indexed_job_of_workers_retried_per_index():
+    r = run({"constitutionRef": {"name": "h"}, "resources": {"workers": 4, "backoffLimit": 3}})
+    spec = build_job(r, "generate-revisions", plan(), CONFIG)["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 4, 4)
+    # One failed worker is retried alone, up to backoffLimit times; a worker out of retries fails the Job.
+    assert (spec["backoffLimitPerIndex"], spec["maxFailedIndexes"]) == (3, 0) and "backoffLimit" not in spec
+    pod = spec["template"]["spec"]
+    assert pod["containers"][0]["command"] == ["cai", "stage", "generate-revisions", "--spec", "/etc/cai/spec.json",
+                                               "--workers", "4"]
+    assert "subdomain" not in pod and not any(e["name"] == "MASTER_ADDR" for e in pod["containers"][0]["env"])
+    # Training stages scale with nodes, not workers: one pod here.
+    finetune = build_job(r, "finetune", plan(), CONFIG)["spec"]
+    assert "completionMode" not in finetune and finetune["backoffLimit"] == 3
+    assert finetune["template"]["spec"]["containers"][0]["command"][-1] == "/etc/cai/spec.json"
+
+
 def test_pod_template_is_strategically_merged():
     r = run({"constitutionRef": {"name": "h"}, "resources": {"podTemplate": {
         "metadata": {"annotations": {"team": "a"}},

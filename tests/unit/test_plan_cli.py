@@ -54,8 +54,9 @@ def test_every_stage_of_every_run_is_planned(capsys, path):
         assert [s["stage"] for s in stages] == [s.name for s in KINDS[res.kind].stages_for(res.spec)]
         r = res.spec.resources
         for s, info in zip(stages, KINDS[res.kind].stages_for(res.spec), strict=True):
-            assert s["pods"] == (r.nodes if info.trains else 1)
-            assert s["indexed"] == (info.trains and r.nodes > 1)
+            assert s["pods"] == (r.nodes if info.trains else r.workers if info.shards else 1)
+            assert s["indexed"] == (info.trains and r.nodes > 1 or info.shards and r.workers > 1)
+            assert s["workers"] == (r.workers if info.shards else 1)
             assert s["gpusPerPod"] == r.gpus_per_node
             assert s["generatedTokens"] is not None and s["estimate"]
             assert "prompts" in s and "optimizerSteps" in s
@@ -86,6 +87,10 @@ def test_paper_scale_estimates_follow_the_formulas_on_the_specs_numbers(capsys):
     gen = stages[("paper-sl", "generate-revisions")]
     assert gen["generatedTokens"] == red * (1 + 2 * sl["revisions"]) * t + helpful * samples * t
     assert gen["prompts"] == red + helpful
+    # Generation is data-parallel over the 16 GPUs too: one worker pod per node.
+    assert (gen["pods"], gen["workers"], gen["indexed"]) == (sl["resources"]["workers"],) * 2 + (True,)
+    assert sl["resources"]["workers"] * sl["resources"]["gpusPerNode"] == 16
+    assert stages[("paper-pm", "label-preferences")]["pods"] == pm["resources"]["workers"] == 2
     ft, nodes = sl["finetune"], sl["resources"]["nodes"]
     rows = red * sl["revisions"] + helpful * samples
     per_step = ft["batchSize"] * ft["gradientAccumulationSteps"] * nodes

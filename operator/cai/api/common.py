@@ -144,6 +144,14 @@ class ResourcesSpec(ApiModel):
         ge=1,
         le=64,
     )
+    workers: int = Field(
+        1,
+        description="Pods per generation stage (generate-revisions, sample-pairs, label-preferences); >1 "
+        "runs an Indexed Job whose pod k takes every chunk of prompts i with i mod workers = k, and the "
+        "last worker to finish merges. The output equals that of one worker, row for row.",
+        ge=1,
+        le=256,
+    )
     cpu: str | None = Field(
         None, description="CPU request and limit per pod (quantity).", pattern=QUANTITY, max_length=32
     )

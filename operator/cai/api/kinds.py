@@ -384,6 +384,7 @@ class StageInfo:
     output: str  # the status.outputs field its artifact becomes
     module: str  # the implementation: a module with `run(ctx)`, imported only when the stage runs
     trains: bool = False  # distributed (torchrun) when resources.nodes > 1
+    shards: bool = False  # data-parallel (an Indexed Job of workers, then a merge) when resources.workers > 1
     output_file: str | None = None  # status.outputs names this file of the artifact, not the directory
     enabled: Callable[[Any], bool] = _always  # whether the resource's spec runs this stage
 
@@ -472,7 +473,11 @@ KINDS: dict[str, KindInfo] = {
             description="SL-CAI: critique→revision data from red-team prompts, then supervised fine-tuning.",
             stages=(
                 StageInfo(
-                    "generate-revisions", "CritiquesGenerated", "dataset", "cai.stages.generate_revisions"
+                    "generate-revisions",
+                    "CritiquesGenerated",
+                    "dataset",
+                    "cai.stages.generate_revisions",
+                    shards=True,
                 ),
                 StageInfo(
                     "finetune",
@@ -502,9 +507,13 @@ KINDS: dict[str, KindInfo] = {
             description="RLAIF part 1: response pairs labelled by a feedback model, "
             "and a preference model trained on them.",
             stages=(
-                StageInfo("sample-pairs", "PairsSampled", "pairs", "cai.stages.sample_pairs"),
+                StageInfo("sample-pairs", "PairsSampled", "pairs", "cai.stages.sample_pairs", shards=True),
                 StageInfo(
-                    "label-preferences", "PreferencesLabeled", "comparisons", "cai.stages.label_preferences"
+                    "label-preferences",
+                    "PreferencesLabeled",
+                    "comparisons",
+                    "cai.stages.label_preferences",
+                    shards=True,
                 ),
                 StageInfo(
                     "train-preference-model",

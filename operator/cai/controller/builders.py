@@ -90,6 +90,11 @@ def distributed(res: RunResource, stage: str) -> bool:
     return STAGES[stage][1].trains and res.spec.resources.nodes > 1
 
 
+def data_parallel(res: RunResource, stage: str) -> bool:
+    """Whether this stage runs as an Indexed Job of data-parallel workers (generation stages, workers > 1)."""
+    return STAGES[stage][1].shards and res.spec.resources.workers > 1
+
+
 def build_service(res: RunResource, stage: str) -> dict[str, Any]:
     """Headless Service giving the pods of a distributed stage stable DNS names (<job>-<i>.<svc>)."""
     job = job_name(res.name, stage)
@@ -135,6 +140,8 @@ def _resources(res: RunResource, config: OperatorConfig) -> dict[str, Any]:
 
 def stage_command(res: RunResource, stage: str, config: OperatorConfig) -> list[str]:
     command = ["cai", "stage", stage, "--spec", SPEC_FILE]
+    if data_parallel(res, stage):  # each pod's worker index is its JOB_COMPLETION_INDEX
+        return [*command, "--workers", str(res.spec.resources.workers)]
     if not distributed(res, stage):
         return command
     # One torchrun agent per pod; pod i is node rank i; rank 0's pod hosts the static rendezvous.
@@ -241,6 +248,11 @@ def build_job(
         job_spec["activeDeadlineSeconds"] = deadline
     if multi:
         job_spec.update(completionMode="Indexed", completions=r.nodes, parallelism=r.nodes)
+    elif data_parallel(res, stage):
+        # A failed worker is retried alone (its finished chunks are kept); one out of retries fails the Job.
+        del job_spec["backoffLimit"]
+        job_spec.update(completionMode="Indexed", completions=r.workers, parallelism=r.workers,
+                        backoffLimitPerIndex=r.backoff_limit, maxFailedIndexes=0)
     meta = _meta(res, name, stage, annotations={ANNOTATION_OUTPUT: plan.outputs[stage]})
     meta["labels"] = labels  # with Kueue's queue label: Kueue reads it from the Job
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}

@@ -61,6 +61,7 @@ from .builders import (
     build_job,
     build_service,
     configmap_name,
+    data_parallel,
     distributed,
     job_name,
     service_name,
@@ -230,7 +231,8 @@ def invalid_outcome(info: KindInfo, status: RunStatus, generation: int, problems
 
 def _attempts(res: RunResource, job: JobObs) -> int:
     pods = job.failed + job.succeeded + job.active
-    per = res.spec.resources.nodes if distributed(res, job.stage) else 1
+    r = res.spec.resources
+    per = r.nodes if distributed(res, job.stage) else r.workers if data_parallel(res, job.stage) else 1
     return max(1, math.ceil(pods / per))
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from ..api.common import PromptSource, TrainingSpec
 from ..api.kinds import CritiqueRunSpec, PreferenceModelSpec, RLAIFRunSpec, RunCommon, RunStatus
 from ..api.manifest import Resource, RunResource
-from ..controller.builders import distributed, job_name, service_name
+from ..controller.builders import data_parallel, distributed, job_name, service_name
 from ..data.prompts import load_prompts
 from ..pipeline.plan import order_by_references, references
 
@@ -41,7 +41,7 @@ class SourceCount:
 class StagePlan:
     stage: str
     job: str
-    indexed: bool  # an Indexed Job of `pods` pods with a headless Service (torchrun rendezvous)
+    indexed: bool  # an Indexed Job of `pods` pods: torchrun ranks (with a headless Service) or workers
     service: str | None
     pods: int
     gpus_per_pod: int
@@ -50,6 +50,7 @@ class StagePlan:
     comparisons: int | None = None
     generations: int | None = None
     generated_tokens: int | None = None
+    workers: int = 1  # data-parallel workers: pod k takes prompt chunks k, k + workers, …; the last merges
     training_rows: int | None = None
     optimizer_steps: int | None = None
     estimate: str = ""  # the formula behind generatedTokens / optimizerSteps, on the spec's numbers
@@ -212,10 +213,12 @@ ESTIMATORS: dict[str, Callable[[Any, StagePlan, int], None]] = {
 
 
 def _stage(res: RunResource, stage: str) -> StagePlan:
-    job, multi = job_name(res.name, stage), distributed(res, stage)
+    job, multi, workers = job_name(res.name, stage), distributed(res, stage), data_parallel(res, stage)
     r = res.spec.resources
-    st = StagePlan(stage=stage, job=job, indexed=multi, service=service_name(job) if multi else None,
-                   pods=r.nodes if multi else 1, gpus_per_pod=r.gpus_per_node)
+    st = StagePlan(stage=stage, job=job, indexed=multi or workers,
+                   service=service_name(job) if multi else None,
+                   pods=r.nodes if multi else r.workers if workers else 1, gpus_per_pod=r.gpus_per_node,
+                   workers=r.workers if workers else 1)
     ESTIMATORS[stage](res.spec, st, st.pods)  # one torchrun rank per pod (builders.stage_command)
     return st
 

@@ -55,8 +55,13 @@ def _stage_block(st: StagePlan) -> list[str]:
     """The Job, the prompt sources and the estimate's formula: every figure of the table row too."""
     gpus = f"{st.gpus_per_pod} GPU{'s' if st.gpus_per_pod > 1 else ''}" if st.gpus_per_pod else "no GPU"
     pods = f"{st.pods} pod{'s' if st.pods > 1 else ''} × {gpus}"
-    job = (f"Indexed Job {st.job}, {pods}, headless Service {st.service}" if st.indexed
-           else f"Job {st.job}, {pods}")
+    if st.workers > 1:
+        job = (f"Indexed Job {st.job}, {pods}, data-parallel workers "
+               f"(pod k: prompt chunks k, k+{st.workers}, …)")
+    elif st.indexed:
+        job = f"Indexed Job {st.job}, {pods}, headless Service {st.service}"
+    else:
+        job = f"Job {st.job}, {pods}"
     lines = [f"{st.stage}: {job}"]
     for s in st.sources:
         lines.append(f"prompts: {s.field} {s.source}: {short(s.prompts)} ({HOW_COUNTED[s.counted_from]})")

@@ -26,7 +26,7 @@ from ..constitution.sampling import stable_seed
 from ..data.prompts import PromptSourceError, load_prompts
 from ..models.backends import SamplingParams, load_backend
 from ..store import checkpointed, write_jsonl
-from .runtime import StageContext, StageError, StageResult
+from .runtime import OnFirstUse, StageContext, StageError, StageResult
 
 CHUNK = 64
 
@@ -147,7 +147,11 @@ def run(ctx: StageContext[CritiqueRunSpec]) -> StageResult:
         f"{len(prompts)} red-team prompts × {spec.revisions} rounds, "
         f"{len(helpful_prompts)} helpful prompts × {samples}"
     )
-    backend = load_backend(gen.backend, ctx.model("policy"), endpoint=gen.endpoint, batch_size=gen.batch_size)
+    policy = ctx.model("policy")
+    backend = OnFirstUse(
+        lambda: load_backend(gen.backend, policy, endpoint=gen.endpoint, batch_size=gen.batch_size),
+        lambda b: b.close(),
+    )
     counter = _Counter()
     chunk_dir = ctx.work_dir / "chunks"
     rounds = 1 + 2 * spec.revisions  # generations per red-team prompt
@@ -157,15 +161,20 @@ def run(ctx: StageContext[CritiqueRunSpec]) -> StageResult:
         with ctx.progress("generations", total, "generations") as progress:
             chains = checkpointed(
                 prompts, CHUNK, chunk_dir, "red",
-                lambda chunk, i: _critique_chain(backend, const, spec, chunk, i, counter, progress),
-                skipped=lambda chunk: progress.advance(len(chunk) * rounds), saved=ctx.keep)
+                lambda chunk, i: _critique_chain(backend.get(), const, spec, chunk, i, counter, progress),
+                skipped=lambda chunk: progress.advance(len(chunk) * rounds), saved=ctx.keep, shard=ctx.shard)
             helpful = checkpointed(
                 helpful_prompts, CHUNK, chunk_dir, "helpful",
-                lambda chunk, i: _helpful_samples(backend, spec, chunk, i, counter, progress),
-                skipped=lambda chunk: progress.advance(len(chunk)), saved=ctx.keep)
+                lambda chunk, i: _helpful_samples(backend.get(), spec, chunk, i, counter, progress),
+                skipped=lambda chunk: progress.advance(len(chunk)), saved=ctx.keep, shard=ctx.shard)
     finally:
         backend.close()
     elapsed = time.monotonic() - started
+    generated = {"tokensGenerated": counter.completion_tokens, "promptTokens": counter.prompt_tokens,
+                 "tokensPerSecond": round(counter.completion_tokens / elapsed, 2) if elapsed > 0 else 0.0,
+                 "generationSeconds": round(elapsed, 2)}
+    if ctx.shard is not None:
+        return ctx.shard_result(**generated)
     sft = sft_rows(chains, helpful)
     if not sft:
         raise StageError("every generated revision and helpful sample was empty: nothing to fine-tune on "
@@ -179,8 +188,5 @@ def run(ctx: StageContext[CritiqueRunSpec]) -> StageResult:
         "revisionRounds": spec.revisions,
         "chains": len(chains),
         "sftRows": len(sft),
-        "tokensGenerated": counter.completion_tokens,
-        "promptTokens": counter.prompt_tokens,
-        "tokensPerSecond": round(counter.completion_tokens / elapsed, 2) if elapsed > 0 else 0.0,
-        "generationSeconds": round(elapsed, 2),
+        **generated,
     })

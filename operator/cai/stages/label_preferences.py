@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from ..api.kinds import PreferenceModelSpec
-from ..feedback.labeller import LabellerError, LabelSettings, open_labeller
+from ..feedback.labeller import Labeller, LabellerError, LabelSettings, open_labeller
 from ..feedback.labels import mean, validate_labels
 from ..store import checkpointed, read_jsonl, write_jsonl
-from .runtime import StageContext, StageError, StageResult
+from .runtime import OnFirstUse, StageContext, StageError, StageResult
 
 CHUNK = 32
 
@@ -59,16 +59,19 @@ def run(ctx: StageContext[PreferenceModelSpec]) -> StageResult:
             else ""
         )
     )
-    try:
-        labeller = open_labeller(
-            lab.backend, feedback, lab.endpoint, lab.batch_size, const, settings, pairs[0]
-        )
-    except LabellerError as e:
-        raise StageError(str(e)) from None
+    def open_feedback_model() -> Labeller:
+        try:
+            return open_labeller(
+                lab.backend, feedback, lab.endpoint, lab.batch_size, const, settings, pairs[0]
+            )
+        except LabellerError as e:
+            raise StageError(str(e)) from None
+
+    labeller = OnFirstUse(open_feedback_model, lambda lab: lab.backend.close())
     per_comparison = settings.prompts_per_comparison
 
     def label(chunk: list[dict[str, Any]], index: int) -> list[dict[str, Any]]:
-        labelled = labeller.label(chunk, progress=progress.advance)
+        labelled = labeller.get().label(chunk, progress=progress.advance)
         try:
             validate_labels(labelled, f"feedback model {feedback}")
         except ValueError as e:
@@ -80,10 +83,14 @@ def run(ctx: StageContext[PreferenceModelSpec]) -> StageResult:
         with ctx.progress("scored prompts", len(pairs) * per_comparison, "prompts") as progress:
             rows = checkpointed(pairs, CHUNK, ctx.work_dir / "chunks", "labels", label,
                                 skipped=lambda chunk: progress.advance(len(chunk) * per_comparison),
-                                saved=ctx.keep)
+                                saved=ctx.keep, shard=ctx.shard)
     finally:
-        labeller.backend.close()
+        labeller.close()
     elapsed = time.monotonic() - started
+    speed = {"labelingSeconds": round(elapsed, 2),
+             "comparisonsPerSecond": round(len(rows) / elapsed, 4) if elapsed > 0 else 0.0}
+    if ctx.shard is not None:
+        return ctx.shard_result(**speed)
     try:
         validate_labels(rows, "comparisons")
     except ValueError as e:  # a stale chunk from an older run
@@ -101,8 +108,7 @@ def run(ctx: StageContext[PreferenceModelSpec]) -> StageResult:
         "fractionPreferA": round(sum(x > 0.5 for x in p) / len(p), 6),
         # Mean probability of the option shown first minus 0.5: the position bias both orders cancel.
         "positionBias": round(mean(firsts) - 0.5, 6),
-        "labelingSeconds": round(elapsed, 2),
-        "comparisonsPerSecond": round(len(rows) / elapsed, 4) if elapsed > 0 else 0.0,
+        **speed,
     }
     if settings.both_orders:
         # Agreement of the two orders' verdicts: low agreement means position bias or noise.

@@ -6,6 +6,12 @@ manifests); an identical digest means the work is done. Within a stage, long loo
 remote output, what a stage keeps (`ctx.keep`) is also mirrored to object storage (store/worksync.py),
 so a new pod of the stage (a retry, a preempted or resumed pod) starts from the last checkpoint.
 Failures write a one-line reason to the pod's termination log so the operator can show it.
+
+Data-parallel workers (`cai stage NAME --workers N`, resources.workers; pipeline stages marked
+`shards`): worker k computes the chunks it owns (store.Shard), keeps them, and leaves a marker
+`shards/<inputsDigest>/<k>-of-<N>` in the work; the worker that finds every marker present merges:
+it runs the stage again with all chunks in place, which computes nothing (models load on first use)
+and publishes the artifact. Metrics of the merge sum the workers' counts and take the longest time.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +37,7 @@ from ..api.kinds import STAGES, ConstitutionSpec
 from ..models.cache import cache_dir
 from ..pipeline.stagespec import StageSpec
 from ..progress import ProgressReporter
-from ..store import WorkSync, commit_artifact, download_artifact, manifest_digest, read_manifest
+from ..store import Shard, WorkSync, commit_artifact, download_artifact, manifest_digest, read_manifest
 
 TERMINATION_LOG = Path(os.environ.get("CAI_TERMINATION_LOG", "/dev/termination-log"))
 
@@ -58,13 +64,36 @@ def store_access(action: str, uri: str) -> Iterator[None]:
         raise StageError(f"cannot {action} {uri}: {type(e).__name__}: {detail}{hint}") from None
 
 
+SHARD = "shard"  # the kind a worker's result has: its chunks are kept, nothing is published
+
+
 @dataclass
 class StageResult:
-    kind: str  # dataset | model | report
+    kind: str  # dataset | model | report, or SHARD
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
 SpecT = TypeVar("SpecT", bound=ApiModel)
+T = TypeVar("T")
+
+
+class OnFirstUse(Generic[T]):
+    """A model (backend, labeller) opened when first needed: a stage whose chunks are all done already
+    (a resumed stage, the merge of data-parallel workers) never loads it."""
+
+    def __init__(self, open_: Callable[[], T], close: Callable[[T], None]) -> None:
+        self._open, self._close = open_, close
+        self._value: T | None = None
+
+    def get(self) -> T:
+        if self._value is None:
+            self._value = self._open()
+        return self._value
+
+    def close(self) -> None:
+        if self._value is not None:
+            value, self._value = self._value, None
+            self._close(value)
 
 
 @dataclass
@@ -77,12 +106,18 @@ class StageContext(Generic[SpecT]):
     out_dir: Path  # write the artifact's files here
     work_dir: Path  # checkpoints and scratch, kept until the stage succeeds
     work: WorkSync | None = None  # the work's copy in object storage (remote outputs only)
+    shard: Shard | None = None  # this process is one data-parallel worker: compute its chunks only
 
     @classmethod
     def of(cls, stage: StageSpec, out_dir: Path, work_dir: Path,
-           work: WorkSync | None = None) -> StageContext[Any]:
+           work: WorkSync | None = None, shard: Shard | None = None) -> StageContext[Any]:
         return StageContext(stage=stage, spec=stage.typed_spec(), out_dir=out_dir, work_dir=work_dir,
-                            work=work)
+                            work=work, shard=shard)
+
+    def shard_result(self, **metrics: Any) -> StageResult:
+        """What a worker returns once its chunks are done (checked before anything is merged)."""
+        assert self.shard is not None
+        return StageResult(kind=SHARD, metrics=metrics)
 
     def keep(self, path: Path) -> None:
         """Keep finished work under `work_dir` (a chunk file, a checkpoint directory) beyond this pod.
@@ -167,10 +202,34 @@ def _fail(message: str) -> int:
     return 1
 
 
-def run_stage(name: str, spec_path: str, force: bool = False) -> int:
+def _shard(name: str, workers: int, worker: int | None) -> Shard | None:
+    """This process's part of a data-parallel stage (None: the whole stage); ValueError says why not."""
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, not {workers}")
+    if workers == 1 and worker is None:
+        return None
+    if not STAGES[name][1].shards:
+        parallel = ", ".join(n for n, (_, info) in STAGES.items() if info.shards)
+        raise ValueError(f"stage {name} does not run as data-parallel workers (those that do: {parallel})")
+    if worker is None:
+        index = os.environ.get("JOB_COMPLETION_INDEX")  # set in the pods of an Indexed Job
+        if index is None or not index.isdigit():
+            raise ValueError(
+                f"--workers {workers} needs --worker K or JOB_COMPLETION_INDEX (an Indexed Job's)"
+            )
+        worker = int(index)
+    return Shard(worker, workers)
+
+
+def run_stage(name: str, spec_path: str, force: bool = False, workers: int = 1,
+              worker: int | None = None) -> int:
     # The name first: a typo is a wrong name, whatever the spec file holds.
     if name not in STAGES:
         return _fail(f"unknown stage {name!r} (expected one of: {', '.join(STAGES)})")
+    try:
+        shard = _shard(name, workers, worker)
+    except ValueError as e:
+        return _fail(str(e))
     try:
         spec = StageSpec.model_validate_json(Path(spec_path).read_text())
     except FileNotFoundError:
@@ -182,12 +241,46 @@ def run_stage(name: str, spec_path: str, force: bool = False) -> int:
     if STAGES[name][0].kind != spec.kind:
         return _fail(f"{spec_path}: stage {name} belongs to kind {STAGES[name][0].kind}, not {spec.kind}")
     try:
-        return _run(name, spec, force)
+        return _run(name, spec, force, shard)
     except StageError as e:  # the store could not be read or written
         return _fail(str(e))
 
 
-def _run(name: str, spec: StageSpec, force: bool) -> int:
+def _finish_shard(
+    ctx: StageContext[Any], digest: str, metrics: dict[str, Any]
+) -> list[dict[str, Any]] | None:
+    """Mark this worker's chunks done. The metrics of every worker once all are done (this worker then
+    merges), else None. The marker, unlike a chunk, must reach the store: without it nobody merges."""
+    shard, work = ctx.shard, ctx.work
+    assert shard is not None
+    markers = ctx.work_dir / "shards" / digest[:16]  # markers of another plan never count
+    markers.mkdir(parents=True, exist_ok=True)
+    (markers / f"{shard.index}-of-{shard.count}.json").write_text(json.dumps(metrics))
+    if work is not None:
+        with store_access("keep this worker's marker in", work.uri):
+            work.keep(markers / f"{shard.index}-of-{shard.count}.json")
+            work.restore()  # the other workers' markers and chunks
+    paths = [markers / f"{i}-of-{shard.count}.json" for i in range(shard.count)]
+    waiting = [str(i) for i, p in enumerate(paths) if not p.exists()]
+    if waiting:
+        ctx.log(f"worker {shard} done; the last of workers {', '.join(waiting)} to finish merges")
+        return None
+    ctx.log(f"worker {shard} done, and every other worker: merging")
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def combine_worker_metrics(per_worker: list[dict[str, Any]]) -> dict[str, Any]:
+    """The workers' figures as one stage's: counts and rates add up (rates: the workers ran side by side),
+    durations (`…Seconds`) are the longest worker's."""
+    combined: dict[str, Any] = {"workers": len(per_worker)}
+    for key in dict.fromkeys(k for m in per_worker for k in m):
+        values = [m[key] for m in per_worker if isinstance(m.get(key), (int, float))]
+        if values:
+            combined[key] = round(max(values) if key.endswith("Seconds") else sum(values), 4)
+    return combined
+
+
+def _run(name: str, spec: StageSpec, force: bool, shard: Shard | None = None) -> int:
     input_digests: dict[str, str | None] = {}
     for role, uri in spec.inputs.items():
         with store_access(f"read input {role} at", uri):
@@ -224,9 +317,16 @@ def _run(name: str, spec: StageSpec, force: bool) -> int:
             if restored:
                 print(f"[{name}] restored earlier work from {work.uri}: {', '.join(restored)}",
                       file=sys.stderr)
-        ctx = StageContext.of(spec, out_dir, work_dir, work)
+        ctx = StageContext.of(spec, out_dir, work_dir, work, shard)
         module = importlib.import_module(STAGES[name][1].module)
         result: StageResult = module.run(ctx)
+        if shard is not None:
+            assert result.kind == SHARD, f"stage {name} published a whole artifact from worker {shard}"
+            per_worker = _finish_shard(ctx, digest, result.metrics)
+            if per_worker is None:
+                return 0
+            result = module.run(StageContext.of(spec, out_dir, work_dir, work))  # the merge
+            result.metrics.update(combine_worker_metrics(per_worker))
         if int(os.environ.get("RANK", "0")) != 0:
             # Distributed training: every rank trains, rank 0 alone publishes.
             print(f"[{name}] rank {os.environ['RANK']} done", file=sys.stderr)

@@ -17,7 +17,7 @@ from ..constitution.sampling import stable_seed
 from ..data.prompts import PromptSourceError, load_prompts
 from ..models.backends import SamplingParams, load_backend
 from ..store import checkpointed, write_jsonl
-from .runtime import StageContext, StageError, StageResult
+from .runtime import OnFirstUse, StageContext, StageError, StageResult
 
 CHUNK = 64
 
@@ -44,14 +44,17 @@ def run(ctx: StageContext[PreferenceModelSpec]) -> StageResult:
     n = 2 * spec.pairs_per_prompt
     policy = ctx.model("policy")
     ctx.log(f"{len(prompts)} prompts × {spec.pairs_per_prompt} pair(s) from {policy} at T={gen.temperature}")
-    backend = load_backend(gen.backend, policy, endpoint=gen.endpoint, batch_size=gen.batch_size)
+    backend = OnFirstUse(
+        lambda: load_backend(gen.backend, policy, endpoint=gen.endpoint, batch_size=gen.batch_size),
+        lambda b: b.close(),
+    )
     tokens = 0
 
     def sample(chunk: list[dict[str, Any]], index: int) -> list[dict[str, Any]]:
         nonlocal tokens
         params = SamplingParams(max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
                                 top_p=gen.top_p, seed=stable_seed(spec.seed, "pairs", index))
-        out = backend.chat([[{"role": "user", "content": p["prompt"]}] for p in chunk], params, n=n,
+        out = backend.get().chat([[{"role": "user", "content": p["prompt"]}] for p in chunk], params, n=n,
                            progress=progress.advance)
         tokens += sum(c.completion_tokens for cs in out for c in cs)
         return pair_rows(chunk, [[c.text.strip() for c in cs] for cs in out], spec.pairs_per_prompt)
@@ -60,10 +63,16 @@ def run(ctx: StageContext[PreferenceModelSpec]) -> StageResult:
     try:
         with ctx.progress("pairs", len(prompts), "prompts") as progress:
             rows = checkpointed(prompts, CHUNK, ctx.work_dir / "chunks", "pairs", sample,
-                                skipped=lambda chunk: progress.advance(len(chunk)), saved=ctx.keep)
+                                skipped=lambda chunk: progress.advance(len(chunk)), saved=ctx.keep,
+                                shard=ctx.shard)
     finally:
         backend.close()
     elapsed = time.monotonic() - started
+    generated = {"tokensGenerated": tokens,
+                 "tokensPerSecond": round(tokens / elapsed, 2) if elapsed > 0 else 0.0,
+                 "generationSeconds": round(elapsed, 2)}
+    if ctx.shard is not None:
+        return ctx.shard_result(**generated)
     if not rows:
         raise StageError("no response pairs were sampled")
     write_jsonl(ctx.out_dir / "pairs.jsonl", rows)
@@ -73,7 +82,5 @@ def run(ctx: StageContext[PreferenceModelSpec]) -> StageResult:
         # Identical or empty responses carry no preference; the labeller gives them ~0.5 with both orders.
         "identicalPairs": sum(r["responseA"] == r["responseB"] for r in rows),
         "emptyResponses": sum((not r["responseA"]) + (not r["responseB"]) for r in rows),
-        "tokensGenerated": tokens,
-        "tokensPerSecond": round(tokens / elapsed, 2) if elapsed > 0 else 0.0,
-        "generationSeconds": round(elapsed, 2),
+        **generated,
     })

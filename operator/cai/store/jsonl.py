@@ -2,13 +2,16 @@
 an interrupted stage resume at its first unfinished chunk.
 
 Files are written atomically (a temporary sibling renamed into place), so a chunk file either is
-complete or does not exist.
+complete or does not exist. A data-parallel worker (`Shard`) computes only its own chunks: chunk i
+belongs to worker i mod N, and each chunk's samples are seeded by its index, so the chunks of N workers
+are the chunks one worker would write.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,16 +35,42 @@ def write_jsonl(path: Path, rows: Iterable[Row]) -> None:
     tmp.replace(path)
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Worker `index` of `count` data-parallel workers of one stage."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"worker index {self.index} is not in 0..{self.count - 1}")
+
+    def owns(self, chunk_index: int) -> bool:
+        return chunk_index % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def chunk_count(items: int, size: int) -> int:
+    return -(-items // size)
+
+
 def checkpointed(items: Sequence[T], size: int, directory: Path, name: str,
                  compute: Callable[[list[T], int], list[Row]],
                  skipped: Callable[[list[T]], None] = lambda chunk: None,
-                 saved: Callable[[Path], None] = lambda path: None) -> list[Row]:
+                 saved: Callable[[Path], None] = lambda path: None,
+                 shard: Shard | None = None) -> list[Row]:
     """`compute(chunk, index)` over `items` in chunks of `size`, in order, each chunk's rows saved as
     `directory/<name>-<index>.jsonl` and passed to `saved` (to keep it beyond this process). A chunk
     saved by an earlier attempt is read back instead of computed, and passed to `skipped` (to advance a
-    progress bar). All rows, in order."""
+    progress bar). All rows, in order; with a `shard`, only the rows of the chunks it owns (the others
+    are neither computed nor read)."""
     rows: list[Row] = []
     for index, start in enumerate(range(0, len(items), size)):
+        if shard is not None and not shard.owns(index):
+            continue
         chunk = list(items[start:start + size])
         path = directory / f"{name}-{index:05d}.jsonl"
         if path.exists():
