@@ -5,7 +5,10 @@ own `cai_reconcile_duration_seconds` histogram, the number of reconciles, and th
 Goal on 2 cores (apiserver, etcd, controller-manager, scheduler on the same cores): ≥ 50 runs/s,
 p99 < 2 s, RSS < 300 MB.
 
-    .venv/bin/python bench/operator_scale.py [--runs 500] [--placement pending|kwok|queued]
+    .venv/bin/python bench/operator_scale.py [--runs 500] [--placement pending|kwok|queued] [--shards N]
+
+`--shards N` gives each run `resources.workers: N`: its first stage is an Indexed Job of N data-parallel
+worker pods, and the benchmark also reports the time until every worker pod of every run exists.
 
 Uses the cluster under CAI_CLUSTER_ROOT or .cache/cluster when one is up (`make cluster-up`), otherwise
 starts one in a temporary directory for the run. By default the stage pods stay Pending (their
@@ -89,6 +92,8 @@ def main() -> int:
     ap.add_argument("--placement", choices=("pending", "kwok", "queued"), default="pending",
                     help="pending: pods never schedule (default); kwok: the kwok node runs them; "
                          "queued: runs name a Kueue queue, so Jobs are created suspended (no pods)")
+    ap.add_argument("--shards", type=int, default=1, metavar="N",
+                    help="resources.workers of each run: its generation stage is an Indexed Job of N pods")
     ap.add_argument("--clients", type=int, default=16, help="threads creating the runs")
     ap.add_argument("--workers", type=int, default=8, help="operator reconcile workers (CAI_WORKERS)")
     ap.add_argument("--profile", metavar="FILE", help="run the operator under cProfile, stats written to FILE")
@@ -142,11 +147,18 @@ def main() -> int:
 
         placement = {"pending": {"nodeSelector": {"cai.dev/bench": "nowhere"}}, "kwok": cp.KWOK_PLACEMENT,
                      "queued": {"queueName": "bench"}}[args.placement]
-        spec = {"constitutionRef": {"name": "harmless"}, "model": "builtin:tiny-random", "resources": placement}
+        spec = {"constitutionRef": {"name": "harmless"}, "model": "builtin:tiny-random",
+                "resources": {**placement, "workers": args.shards}}
         first_jobs: set[str] = set()
         done = threading.Event()
         watcher = threading.Thread(target=_watch_first_jobs, args=(kube, ns, args.runs, first_jobs, done), daemon=True)
         watcher.start()
+        shard_pods: set[str] = set()
+        pods_done = threading.Event()
+        pods_at: list[float] = []
+        if args.shards > 1:
+            threading.Thread(target=_watch_shard_pods, daemon=True,
+                             args=(kube, ns, args.runs * args.shards, shard_pods, pods_done, pods_at)).start()
         time.sleep(0.5)
 
         # One client with a connection pool, like kubectl or a GitOps controller applying many objects
@@ -176,6 +188,8 @@ def main() -> int:
         if not done.wait(timeout=600):
             raise SystemExit(f"only {len(first_jobs)} of {args.runs} runs got their first Job in 600 s (log: {log.name})")
         elapsed = time.monotonic() - t0
+        if args.shards > 1 and not pods_done.wait(timeout=600):
+            raise SystemExit(f"only {len(shard_pods)} of {args.runs * args.shards} worker pods in 600 s")
         cpu = {k: round(_cpu_seconds(pid) - cpu0[k], 1) for k, pid in pids.items()}
         cpu["all"] = round(sum(cpu.values()), 1)
         time.sleep(1.0)  # let the last status writes land in the histogram
@@ -188,6 +202,8 @@ def main() -> int:
             "create_seconds": round(created, 2),
             "all_first_jobs_seconds": round(elapsed, 2),
             "runs_per_second": round(args.runs / elapsed, 1),
+            **({"shards_per_run": args.shards, "worker_pods": len(shard_pods),
+                "all_worker_pods_seconds": round(pods_at[0] - t0, 2)} if args.shards > 1 else {}),
             "reconciles": int(count),
             "reconcile_mean_ms": round(1000 * total / count, 1) if count else None,
             "reconcile_p50_ms": round(1000 * quantile(buckets, 0.50), 1),
@@ -250,19 +266,32 @@ def _rss(pid: int) -> tuple[int, int]:
 
 
 def _watch_first_jobs(kube, ns: str, n: int, seen: set[str], done: threading.Event) -> None:
-    """Count runs whose first-stage Job exists, from a watch (no polling load on the apiserver)."""
+    """Count runs whose first-stage Job exists."""
+    _watch(kube, "list_namespaced_job", ns, n, seen, done, lambda obj: obj.metadata.labels["cai.dev/run"])
+
+
+def _watch_shard_pods(kube, ns: str, n: int, seen: set[str], done: threading.Event, at: list[float]) -> None:
+    """Count the worker pods of the runs' generation stages (the Job controller creates them); `at` gets the
+    time the last one appeared."""
+    _watch(kube, "list_namespaced_pod", ns, n, seen, done, lambda obj: obj.metadata.name)
+    at.append(time.monotonic())
+
+
+def _watch(kube, lister: str, ns: str, n: int, seen: set[str], done: threading.Event, key) -> None:
+    """Add `key(object)` of the generation stage's Jobs or pods to `seen` until it holds `n`, from a watch
+    (no polling load on the apiserver)."""
     from kubernetes import client, watch
 
     api = kube.api_client()
-    batch = client.BatchV1Api(api)
+    list_fn = getattr(client.BatchV1Api(api) if "job" in lister else client.CoreV1Api(api), lister)
     rv = None
     while not done.is_set():
         try:
             w = watch.Watch()
             kwargs = {"resource_version": rv} if rv else {}
-            for ev in w.stream(batch.list_namespaced_job, ns, label_selector="cai.dev/stage=generate-revisions",
+            for ev in w.stream(list_fn, ns, label_selector="cai.dev/stage=generate-revisions",
                                timeout_seconds=30, **kwargs):
-                seen.add(ev["object"].metadata.labels["cai.dev/run"])
+                seen.add(key(ev["object"]))
                 rv = ev["object"].metadata.resource_version
                 if len(seen) >= n:
                     done.set()

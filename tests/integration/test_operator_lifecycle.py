@@ -244,3 +244,43 @@ def test_multi_node_training_stage_is_an_indexed_job(api, start_operator):
     assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["selector"]["cai.dev/stage"] == "finetune"
     assert svc["metadata"]["ownerReferences"][0]["kind"] == "CritiqueRun"
     assert api.job("dist-generate-revisions")["spec"]["completionMode"] == "NonIndexed"  # generation: one pod
+
+
+def test_data_parallel_generation_is_an_indexed_job_whose_failed_worker_is_retried_alone(
+        api, start_operator, kube_cluster, kube_namespace, kwok_publisher):
+    op = start_operator()
+    api.create("Constitution", "harmless", constitution_spec())
+    kwok_publisher.paused.set()  # the worker pods stay gated until one of them has failed
+    try:
+        api.create("CritiqueRun", "dp", crun_spec(resources={"workers": 3, "backoffLimit": 1},
+                                                  finetune={"enabled": False}))
+        index = "batch.kubernetes.io/job-completion-index"
+
+        def pods() -> list[dict]:
+            return kube_cluster.request(
+                "GET", f"/api/v1/namespaces/{kube_namespace}/pods?labelSelector=cai.dev/run=dp")[1]["items"]
+
+        until("three worker pods, one per index", lambda: sorted(p["metadata"]["annotations"][index]
+                                                                 for p in pods()) == ["0", "1", "2"],
+              timeout=60)
+        job = api.job("dp-generate-revisions")["spec"]
+        assert (job["completionMode"], job["completions"], job["parallelism"]) == ("Indexed", 3, 3)
+        assert (job["backoffLimitPerIndex"], job["maxFailedIndexes"]) == (1, 0)
+        assert job["template"]["spec"]["containers"][0]["command"][-2:] == ["--workers", "3"]
+        # Worker 1's pod fails (a lost node, an OOM kill): the Job controller replaces that index alone.
+        lost = next(p for p in pods() if p["metadata"]["annotations"][index] == "1")
+        code, body = kube_cluster.request(
+            "PATCH", f"/api/v1/namespaces/{kube_namespace}/pods/{lost['metadata']['name']}/status",
+            {"status": {"phase": "Failed", "reason": "Evicted", "message": "test: node lost"}},
+            content_type="application/merge-patch+json")
+        assert code == 200, body
+        until("a second pod for index 1", lambda: sorted(p["metadata"]["annotations"][index] for p in pods())
+              == ["0", "1", "1", "2"], timeout=60)
+    finally:
+        kwok_publisher.paused.clear()
+    api.wait_condition("CritiqueRun", "dp", "Succeeded", "True", log=op.log_tail)
+    by_index: dict[str, list[str]] = {}
+    for p in pods():
+        by_index.setdefault(p["metadata"]["annotations"][index], []).append(p["status"]["phase"])
+    assert {k: sorted(v) for k, v in by_index.items()} == {"0": ["Succeeded"], "1": ["Failed", "Succeeded"],
+                                                           "2": ["Succeeded"]}
