@@ -273,13 +273,13 @@ def _watch_first_jobs(kube, ns: str, n: int, seen: set[str], done: threading.Eve
 def _watch_shard_pods(kube, ns: str, n: int, seen: set[str], done: threading.Event, at: list[float]) -> None:
     """Count the worker pods of the runs' generation stages (the Job controller creates them); `at` gets the
     time the last one appeared."""
-    _watch(kube, "list_namespaced_pod", ns, n, seen, done, lambda obj: obj.metadata.name)
-    at.append(time.monotonic())
+    _watch(kube, "list_namespaced_pod", ns, n, seen, done, lambda obj: obj.metadata.name, at)
 
 
-def _watch(kube, lister: str, ns: str, n: int, seen: set[str], done: threading.Event, key) -> None:
-    """Add `key(object)` of the generation stage's Jobs or pods to `seen` until it holds `n`, from a watch
-    (no polling load on the apiserver)."""
+def _watch(kube, lister: str, ns: str, n: int, seen: set[str], done: threading.Event, key,
+           at: list[float] | None = None) -> None:
+    """Add `key(object)` of the generation stage's Jobs or pods to `seen` until it holds `n` (then the time
+    goes to `at`), from a watch (no polling load on the apiserver)."""
     from kubernetes import client, watch
 
     api = kube.api_client()
@@ -294,6 +294,8 @@ def _watch(kube, lister: str, ns: str, n: int, seen: set[str], done: threading.E
                 seen.add(key(ev["object"]))
                 rv = ev["object"].metadata.resource_version
                 if len(seen) >= n:
+                    if at is not None:
+                        at.append(time.monotonic())
                     done.set()
                     w.stop()
                     break
