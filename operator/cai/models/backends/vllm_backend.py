@@ -34,6 +34,7 @@ from vllm.platforms import current_platform
 
 from cai.models.backends.base import Completion, Conversation, ProgressFn, SamplingParams
 from cai.models.backends.option_tokens import option_token_ids
+from cai.models.backends.parallelism import plan_engine, weight_bytes
 from cai.models.resolve import resolve_model
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,19 @@ def _check_cpu_head_size(model: str, config: dict[str, Any]) -> None:
             f"{model} has attention head size {head}; vLLM's CPU attention supports only "
             f"{', '.join(map(str, supported))}. Use the transformers backend for this model on CPU."
         )
+
+
+def _tensor_parallel(config: dict[str, Any], path: Path, kwargs: dict[str, Any]) -> str:
+    """Span the pod's GPUs (parallelism.plan_engine): sets tensor_parallel_size, returns the log's words.
+    GPU-only; never run on a GPU yet (README, "GPU paths")."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if gpus <= 1:
+        return ""
+    plan = plan_engine(config, weight_bytes(path), gpus, torch.cuda.get_device_properties(0).total_memory)
+    kwargs["tensor_parallel_size"] = plan.tensor_parallel_size
+    return f", {plan.reason}"
 
 
 def _default_max_model_len(config: dict[str, Any]) -> int:
@@ -209,9 +223,10 @@ class VLLMBackend:
         }
         if memory is not None:
             kwargs["gpu_memory_utilization"] = memory
+        parallel = "" if cpu else _tensor_parallel(config, self.path, kwargs)  # GPU-only path
         kwargs.update(engine_kwargs or {})
-        log.info("Starting vLLM %s engine for %s (%s, %s, max_model_len=%d)", vllm.__version__, model,
-                 "CPU" if cpu else "GPU", self.dtype, self.max_model_len)
+        log.info("Starting vLLM %s engine for %s (%s, %s, max_model_len=%d%s)", vllm.__version__, model,
+                 "CPU" if cpu else "GPU", self.dtype, self.max_model_len, parallel)
         self.llm: LLM | None = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.eos_ids = self._eos_ids()
