@@ -20,8 +20,14 @@ it once with --no-deps into a scratch dir; only `hhh_alignment/*/task.json` are 
 `$CAI_CACHE_DIR/datasets/bigbench-1.0.0/hhh_alignment/` with a SOURCE.md naming their origin and
 licence. Later runs are offline.
 
+`--precision bfloat16` also labels every comparison with the model's weights in bfloat16 (the option
+log-softmax stays fp32, as in `score_next_token`) and prints, per model and configuration, the largest
+and mean |ΔpA| against the float32 labels and how often the two pick the same side: the evidence for
+scoring in a bf16 generator's precision (issue on scale-out, goal |ΔpA| ≤ 0.01).
+
     python bench/label_accuracy.py [--models REF,REF] [--configs direct-1,direct-k,cot-1]
         [--limit N] [--cot-limit N] [--ensemble 4] [--few-shot 2] [--batch-size 8] [--json FILE]
+        [--precision bfloat16]
 """
 
 from __future__ import annotations
@@ -150,7 +156,9 @@ def run_model(model: str, configs: list[str], args: argparse.Namespace) -> list[
     from cai.models.backends import load_backend
 
     const = constitution()
-    backend = load_backend("transformers", model, batch_size=args.batch_size)
+    backend = load_backend("transformers", model, batch_size=args.batch_size, dtype="float32")
+    other = (load_backend("transformers", model, batch_size=args.batch_size, dtype=args.precision)
+             if args.precision else None)
     results = []
     try:
         for config in configs:
@@ -168,9 +176,26 @@ def run_model(model: str, configs: list[str], args: argparse.Namespace) -> list[
                             "seconds": round(seconds, 1), **summary})
             print(f"  {model} {config}: accuracy {summary['all']['accuracy']:.3f} on {summary['all']['n']} "
                   f"({seconds:.0f} s)", file=sys.stderr, flush=True)
+            if other is not None:
+                started = time.monotonic()
+                again = Labeller(other, const, settings).label(rows)
+                results[-1]["precision"] = {"dtype": args.precision, "seconds": round(time.monotonic() - started, 1),
+                                            **precision_delta(labelled, again)}
+                print(f"  {model} {config} in {args.precision}: {results[-1]['precision']}", file=sys.stderr,
+                      flush=True)
     finally:
         backend.close()
+        if other is not None:
+            other.close()
     return results
+
+
+def precision_delta(reference: list[dict[str, Any]], other: list[dict[str, Any]]) -> dict[str, Any]:
+    """|ΔpA| of the same comparisons labelled in two precisions, and how often both pick the same side."""
+    deltas = [abs(a["pA"] - b["pA"]) for a, b in zip(reference, other, strict=True)]
+    same = sum((a["pA"] > 0.5) == (b["pA"] > 0.5) for a, b in zip(reference, other, strict=True))
+    return {"maxDeltaPA": round(max(deltas), 5), "meanDeltaPA": round(sum(deltas) / len(deltas), 5),
+            "sameSide": round(same / len(deltas), 4), "n": len(deltas)}
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -202,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the results as JSON")
+    ap.add_argument("--precision", choices=("bfloat16", "float16"),
+                    help="also label in this precision and print |ΔpA| against float32")
     args = ap.parse_args(argv)
     configs = [c for c in args.configs.split(",") if c]
     unknown = [c for c in configs if c not in CONFIGS]
@@ -212,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     for model in [m for m in args.models.split(",") if m]:
         results += run_model(model, configs, args)
     print(table(results))
+    for r in results:
+        if "precision" in r:
+            d = r["precision"]
+            print(f"{r['model'].removeprefix('builtin:')} {r['config']}: {d['dtype']} vs float32 on {d['n']} comparisons: "
+                  f"|ΔpA| max {d['maxDeltaPA']:.4f}, mean {d['meanDeltaPA']:.4f}, same side {d['sameSide']:.2f} "
+                  f"({d['seconds']:.0f} s vs {r['seconds']:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

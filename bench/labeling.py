@@ -26,6 +26,11 @@ engine) and openai (`--endpoint URL`, or `--serve` starts a local `vllm serve` o
 
     python bench/labeling.py [--model REF] [--comparisons 16] [--few-shot 2] [--batch-size 8]
                              [--backends transformers,vllm,openai] [--serve | --endpoint URL]
+                             [--ensemble 4]
+
+Each backend but openai also gets a row for an ensemble of `--ensemble` principles per comparison, both
+orders each, with its time as a multiple of one principle's (goal ≤ 2× at 4, from the prompts' shared
+prefix: transformers reuses its KV, vLLM its prefix cache).
 """
 
 from __future__ import annotations
@@ -62,14 +67,15 @@ def comparisons(n: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _labeller(backend, args):
+def _labeller(backend, args, principles: int = 1):
     import yaml
 
     from cai.api.kinds import ConstitutionSpec
     from cai.feedback.labeller import Labeller, LabelSettings
 
     const = ConstitutionSpec.model_validate(yaml.safe_load(CONSTITUTION.read_text())["spec"])
-    return Labeller(backend, const, LabelSettings(seed=0, both_orders=True, few_shot_examples=args.few_shot))
+    return Labeller(backend, const, LabelSettings(seed=0, both_orders=True, few_shot_examples=args.few_shot,
+                                                  principles_per_comparison=principles))
 
 
 def _scored_prompts(labeller, comps) -> list[tuple[int, str, str]]:
@@ -111,11 +117,12 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     if kind == "generate-single":
         return _generate_single(args, comps)
-    backend_kind = "transformers" if kind == "generate-batched" else kind
+    ensemble = kind.endswith("-ensemble")
+    backend_kind = "transformers" if kind == "generate-batched" else kind.removesuffix("-ensemble")
     backend = load_backend(backend_kind, args.model, endpoint=args.endpoint, batch_size=args.batch_size)
     load_s = time.perf_counter() - t0
     try:
-        labeller = _labeller(backend, args)
+        labeller = _labeller(backend, args, args.ensemble if ensemble else 1)
         if kind == "generate-batched":
             jobs = _scored_prompts(labeller, comps)
             params = SamplingParams(max_new_tokens=args.baseline_new_tokens, temperature=0.0)
@@ -171,7 +178,7 @@ def measure(name: str, args: argparse.Namespace, env: dict[str, str] | None = No
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--model", args.model,
            "--comparisons", str(args.comparisons), "--few-shot", str(args.few_shot),
            "--batch-size", str(args.batch_size), "--threads", str(args.threads),
-           "--baseline-new-tokens", str(args.baseline_new_tokens)]
+           "--baseline-new-tokens", str(args.baseline_new_tokens), "--ensemble", str(args.ensemble)]
     if args.endpoint:
         cmd += ["--endpoint", args.endpoint]
     print(f"measuring {name} ...", file=sys.stderr, flush=True)
@@ -224,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--endpoint", help="OpenAI-compatible base URL for the openai backend")
     parser.add_argument("--serve", action="store_true", help="start a local vllm serve for the openai backend")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
+    parser.add_argument("--ensemble", type=int, default=4,
+                        help="principles per comparison of the ensemble row (each in both orders)")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -249,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             server, args.endpoint = _serve(args)
         rows.append((f"ours ({kind})", measure(kind, args)))
+        if kind != "openai":
+            rows.append((f"ours ({kind}), {args.ensemble} principles", measure(f"{kind}-ensemble", args)))
     if server is not None:
         server.terminate()
         server.wait(timeout=60)
@@ -265,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         if ours:
             pairs = [(a, b) for a, b in zip(ours["pA"], r["pA"]) if a != 0.5 and b != 0.5]
             agree = f"{sum((a > 0.5) == (b > 0.5) for a, b in pairs) / len(pairs):.2f}" if pairs else "n/a"
-            if name.startswith("ours"):
+            if name.startswith("ours") and "principles" not in name:
                 delta = f"{max(abs(a - b) for a, b in zip(ours['pA'], r['pA'])):.1e}"
         fails = str(r.get("parseFailures", "")) if "parseFailures" in r else ""
         ties = sum(p == 0.5 for p in r["pA"])
@@ -279,6 +290,11 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(base, dict):
                 print(f"forward-pass labeller vs generate-parse ({label}): "
                       f"{base['seconds'] / ours['seconds']:.2f}× comparisons/s")
+    for name, r in rows:
+        single = next((o for n, o in rows if n == name.split(",")[0] and isinstance(o, dict)), None)
+        if "principles" in name and isinstance(r, dict) and single:
+            print(f"{name}: {r['seconds'] / single['seconds']:.2f}× the time of one principle "
+                  f"({2 * args.ensemble} prompts per comparison instead of 2; goal ≤ 2×)")
     return 0
 
 
