@@ -11,7 +11,9 @@ go to MinIO, and the cluster's Prometheus scrapes the operator's pods.
 * suspend and resume: the running stage pod is stopped on the node, and the run finishes after resuming;
   a suspended finetune's new pod restores the checkpoint its first pod kept in MinIO and resumes there;
 * a CritiqueRun with `resources.nodes: 2`: an Indexed Job of two pods that train together through torchrun
-  and DeepSpeed ZeRO-2, rank 1 finding rank 0 at `<job>-0.<service>` through cluster DNS (CoreDNS).
+  and DeepSpeed ZeRO-2, rank 1 finding rank 0 at `<job>-0.<service>` through cluster DNS (CoreDNS);
+* a CritiqueRun with `resources.workers: 4`: generation as four data-parallel pods whose merged dataset is
+  byte for byte the one a single pod writes.
 """
 from __future__ import annotations
 
@@ -250,3 +252,32 @@ def test_two_node_finetune_trains_with_torchrun_and_deepspeed(api, s3_server, re
     manifest = json.loads(s3_server.filesystem().cat(f"{model.removeprefix('s3://')}/manifest.json"))
     assert any(f["path"].endswith(".safetensors") for f in manifest["files"])
     assert status["metrics"]["trainSteps"] >= 1
+
+
+def test_four_data_parallel_workers_write_what_one_pod_writes(api, s3_server, real_node):
+    api.create("Constitution", "harmless", constitution_spec())
+    # 200 prompts: four chunks of 64 prompts (the last one short), one per worker.
+    spec = {"constitutionRef": {"name": "harmless"}, "model": TINY, "prompts": {"source": "builtin:red-team", "limit": 200},
+            "revisions": 1, "fewShotExamples": 1, "generation": {"maxNewTokens": 8, "batchSize": 16},
+            "finetune": {"enabled": False}}
+    api.create("CritiqueRun", "one-worker", {**spec, "resources": POD})
+    api.create("CritiqueRun", "four-workers", {**spec, "resources": {"cpu": "500m", "memory": "2Gi", "workers": 4}})
+    for name in ("one-worker", "four-workers"):
+        api.wait_condition("CritiqueRun", name, "Succeeded", "True", timeout=600, log=lambda: why(api))
+    job = api.job("four-workers-generate-revisions")
+    assert job["spec"]["completionMode"] == "Indexed" and job["status"]["succeeded"] == 4
+    pods = stage_pods(api, "four-workers-generate-revisions")
+    assert sorted(p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for p in pods) == \
+        ["0", "1", "2", "3"]
+    assert {p["spec"]["nodeName"] for p in pods} == {real_node.name}
+    logs = [api.kube.kubectl("logs", "-n", api.ns, p["metadata"]["name"]).stdout for p in pods]
+    merged = [log for log in logs if "merging" in log]
+    assert len(merged) >= 1 and all("wrote s3://" in log for log in merged), logs  # the last one merges
+    fs = s3_server.filesystem()
+    outputs = {name: api.get("CritiqueRun", name)["status"] for name in ("one-worker", "four-workers")}
+    for file in ("revisions.jsonl", "sft.jsonl"):
+        one, four = (fs.cat(f"{outputs[n]['outputs']['dataset'].removeprefix('s3://')}/{file}")
+                     for n in ("one-worker", "four-workers"))
+        assert one == four and one.count(b"\n") >= 200, file
+    assert outputs["four-workers"]["metrics"]["workers"] == 4
+    assert outputs["four-workers"]["metrics"]["tokensGenerated"] == outputs["one-worker"]["metrics"]["tokensGenerated"]
