@@ -18,7 +18,8 @@ Data: the task files ship in the PyPI sdist `bigbench==1.0.0` (Apache-2.0). The 
 declares a direct-URL dependency, which `pip download` refuses, so uv (the project's installer) builds
 it once with --no-deps into a scratch dir; only `hhh_alignment/*/task.json` are kept, in
 `$CAI_CACHE_DIR/datasets/bigbench-1.0.0/hhh_alignment/` with a SOURCE.md naming their origin and
-licence. Later runs are offline.
+licence. Later runs are offline. `CAI_HHH_DIR` points at a directory holding the four subsets'
+`<subset>/task.json` instead (the package index of 2026-12-05 no longer served bigbench 1.0.0).
 
 `--precision bfloat16` also labels every comparison with the model's weights in bfloat16 (the option
 log-softmax stays fp32, as in `score_next_token`) and prints, per model and configuration, the largest
@@ -63,6 +64,8 @@ from the PyPI source distribution {dist}. BIG-bench is licensed under the Apache
 
 
 def data_dir() -> Path:
+    if os.environ.get("CAI_HHH_DIR"):  # the four subsets' task.json files, fetched some other way
+        return Path(os.environ["CAI_HHH_DIR"]).expanduser()
     cache = os.environ.get("CAI_CACHE_DIR")
     root = Path(cache).expanduser() if cache else Path.home() / ".cache" / "cai"
     return root / "datasets" / BIGBENCH.replace("==", "-") / "hhh_alignment"
@@ -87,7 +90,10 @@ def ensure_data() -> Path:
         proc = subprocess.run([_uv(), "pip", "install", "--quiet", "--no-deps", "--target", str(target),
                                "--python", sys.executable, BIGBENCH], check=False, capture_output=True, text=True)
         if proc.returncode != 0:
-            sys.exit(f"error: could not fetch {BIGBENCH} with uv: {proc.stderr.strip()[-500:]}")
+            sys.exit(f"error: could not fetch {BIGBENCH} with uv: {proc.stderr.strip()[-500:]}\n"
+                     "(on 2026-12-05 the package index served only bigbench 0.0.1, without the tasks; with the "
+                     "files from BIG-bench's bigbench/benchmark_tasks/hhh_alignment/, set CAI_HHH_DIR to that "
+                     "directory)")
         src = target / "bigbench" / "benchmark_tasks" / "hhh_alignment"
         staged = Path(scratch) / "hhh_alignment"
         for subset in SUBSETS:

@@ -28,6 +28,9 @@ engine) and openai (`--endpoint URL`, or `--serve` starts a local `vllm serve` o
                              [--backends transformers,vllm,openai] [--serve | --endpoint URL]
                              [--ensemble 4]
 
+A row scores with the weights in bfloat16 (the option log-softmax stays fp32): its |ΔpA| against the
+fp32 row is the cost of labelling in a bf16 generator's precision (goal ≤ 0.01); on a CPU without native
+bf16 (no AMX, no AVX512-BF16) its time is emulation's and says nothing about speed.
 Each backend but openai also gets a row for an ensemble of `--ensemble` principles per comparison, both
 orders each, with its time as a multiple of one principle's (goal ≤ 2× at 4, from the prompts' shared
 prefix: transformers reuses its KV, vLLM its prefix cache).
@@ -118,8 +121,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     if kind == "generate-single":
         return _generate_single(args, comps)
     ensemble = kind.endswith("-ensemble")
-    backend_kind = "transformers" if kind == "generate-batched" else kind.removesuffix("-ensemble")
-    backend = load_backend(backend_kind, args.model, endpoint=args.endpoint, batch_size=args.batch_size)
+    backend_kind = "transformers" if kind in ("generate-batched", "transformers-bf16") else kind.removesuffix("-ensemble")
+    dtype = "bfloat16" if kind == "transformers-bf16" else "auto"
+    backend = load_backend(backend_kind, args.model, endpoint=args.endpoint, batch_size=args.batch_size, dtype=dtype)
     load_s = time.perf_counter() - t0
     try:
         labeller = _labeller(backend, args, args.ensemble if ensemble else 1)
@@ -258,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             server, args.endpoint = _serve(args)
         rows.append((f"ours ({kind})", measure(kind, args)))
+        if kind == "transformers":  # the weights in bf16, option log-softmax in fp32: |ΔpA| against fp32
+            rows.append(("ours (transformers), bf16 weights", measure("transformers-bf16", args)))
         if kind != "openai":
             rows.append((f"ours ({kind}), {args.ensemble} principles", measure(f"{kind}-ensemble", args)))
     if server is not None:
