@@ -325,28 +325,18 @@ def _run(name: str, spec: StageSpec, force: bool, shard: Shard | None = None) ->
             per_worker = _finish_shard(ctx, digest, result.metrics)
             if per_worker is None:
                 return 0
-            result = module.run(StageContext.of(spec, out_dir, work_dir, work))  # the merge
-            result.metrics.update(combine_worker_metrics(per_worker))
-        if int(os.environ.get("RANK", "0")) != 0:
-            # Distributed training: every rank trains, rank 0 alone publishes.
-            print(f"[{name}] rank {os.environ['RANK']} done", file=sys.stderr)
-            return 0
-        metrics = {**result.metrics, "durationSeconds": round(time.monotonic() - started, 3)}
-        # Inside the error handling: a store failure here still leaves a termination message.
-        with store_access("publish the artifact to", spec.output):
-            manifest = commit_artifact(
-                out_dir,
-                spec.output,
-                kind=result.kind,
-                # The version lets a checker recompute inputsDigest (it includes the version that ran it).
-                producer={"kind": spec.kind, "name": spec.name, "namespace": spec.namespace, "stage": name,
-                          "version": __version__},
-                inputs=[{"role": role, "uri": spec.inputs[role], "sha256": d}
-                        for role, d in input_digests.items() if d],
-                inputs_digest=digest,
-                metrics=metrics,
-                extra={"models": spec.models},
-            )
+            with _merge_lock(work_dir) as merged_already:
+                if merged_already(spec.output, digest):
+                    return 0
+                result = module.run(StageContext.of(spec, out_dir, work_dir, work))  # the merge
+                result.metrics.update(combine_worker_metrics(per_worker))
+                manifest = _publish(name, spec, out_dir, result, input_digests, digest, started)
+        else:
+            if int(os.environ.get("RANK", "0")) != 0:
+                # Distributed training: every rank trains, rank 0 alone publishes.
+                print(f"[{name}] rank {os.environ['RANK']} done", file=sys.stderr)
+                return 0
+            manifest = _publish(name, spec, out_dir, result, input_digests, digest, started)
     except StageError as e:
         return _fail(str(e))
     except KeyboardInterrupt:
@@ -364,7 +354,42 @@ def _run(name: str, spec: StageSpec, force: bool, shard: Shard | None = None) ->
             print(f"[{name}] warning: could not remove {work.uri} ({type(e).__name__}: {e})",
                   file=sys.stderr)
     print(
-        f"[{name}] wrote {spec.output} ({len(manifest['files'])} files) {json.dumps(metrics)}",
+        f"[{name}] wrote {spec.output} ({len(manifest['files'])} files) {json.dumps(manifest['metrics'])}",
         file=sys.stderr,
     )
     return 0
+
+
+def _publish(name: str, spec: StageSpec, out_dir: Path, result: StageResult,
+             input_digests: dict[str, str | None], digest: str, started: float) -> dict[str, Any]:
+    metrics = {**result.metrics, "durationSeconds": round(time.monotonic() - started, 3)}
+    # Inside the caller's error handling: a store failure here still leaves a termination message.
+    with store_access("publish the artifact to", spec.output):
+        return commit_artifact(
+            out_dir,
+            spec.output,
+            kind=result.kind,
+            # The version lets a checker recompute inputsDigest (it includes the version that ran it).
+            producer={"kind": spec.kind, "name": spec.name, "namespace": spec.namespace, "stage": name,
+                      "version": __version__},
+            inputs=[{"role": role, "uri": spec.inputs[role], "sha256": d}
+                    for role, d in input_digests.items() if d],
+            inputs_digest=digest,
+            metrics=metrics,
+            extra={"models": spec.models},
+        )
+
+
+@contextmanager
+def _merge_lock(work_dir: Path) -> Iterator[Callable[[str, str], bool]]:
+    """One merge at a time per work directory (workers on one machine or a shared filesystem finishing
+    together), and a check whether another worker merged meanwhile. Pods each have their own work
+    directory: two of them may both merge, publishing the same artifact twice, which is harmless."""
+    import fcntl
+
+    with open(work_dir / ".merge.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield lambda output, digest: (read_manifest(output) or {}).get("inputsDigest") == digest
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
