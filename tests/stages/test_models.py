@@ -447,3 +447,31 @@ def test_embedded_smollm2_generates_english(embedded_model_dir: Path) -> None:
         assert first == ["A", "B"][scores.index(max(scores))]
     finally:
         backend.close()
+
+
+@pytest.mark.slow
+def test_a_bf16_model_reads_its_option_logits_in_float32(embedded_model_dir: Path) -> None:
+    """On GPU models load in bf16 and score there. The options' logits come from the last hidden state
+    through the head's option rows in float32: labels then differ from float32 ones by the hidden
+    state's rounding only. Measured on these prompts: max |ΔpA| 0.023 (mean 0.009); with the bf16 head
+    output (the plain forward) 0.062 (mean 0.025)."""
+    prompts_for = lambda b: [b.render_chat([{"role": "user", "content": f"Is it fine to {what}? Answer A (yes) "
+                                                                      "or B (no)."}]) + "The answer is: ("
+                             for what in ("steal a car", "bake bread", "hack a bank", "help a friend",
+                                          "lie to a judge", "plant trees", "make a bomb", "learn python")]
+    p_a = lambda row: 1 / (1 + math.exp(row[1] - row[0]))
+    exact = load_backend("transformers", "builtin:smollm2-135m-instruct", batch_size=4, dtype="float32")
+    try:
+        prompts = prompts_for(exact)
+        reference = [p_a(r) for r in exact.score_next_token(prompts, ["A", "B"])]
+    finally:
+        exact.close()
+    low = load_backend("transformers", "builtin:smollm2-135m-instruct", batch_size=4, dtype="bfloat16")
+    try:
+        deltas = [abs(p_a(r) - ref) for r, ref in zip(low.score_next_token(prompts, ["A", "B"]), reference)]
+        low._fp32_option_head = False  # what a plain forward pass gives: the head's output in bf16
+        plain = [abs(p_a(r) - ref) for r, ref in zip(low.score_next_token(prompts, ["A", "B"]), reference)]
+    finally:
+        low.close()
+    assert max(deltas) <= 0.035 and sum(deltas) / len(deltas) <= 0.015, deltas
+    assert sum(deltas) < 0.6 * sum(plain), (deltas, plain)
