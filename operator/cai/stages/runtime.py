@@ -325,9 +325,9 @@ def _run(name: str, spec: StageSpec, force: bool, shard: Shard | None = None) ->
             per_worker = _finish_shard(ctx, digest, result.metrics)
             if per_worker is None:
                 return 0
-            with _merge_lock(work_dir) as merged_already:
-                if merged_already(spec.output, digest):
-                    return 0
+            with _merge_lock(work_dir):
+                if (read_manifest(spec.output) or {}).get("inputsDigest") == digest:
+                    return 0  # another worker on this filesystem merged meanwhile
                 result = module.run(StageContext.of(spec, out_dir, work_dir, work))  # the merge
                 result.metrics.update(combine_worker_metrics(per_worker))
                 manifest = _publish(name, spec, out_dir, result, input_digests, digest, started)
@@ -381,15 +381,15 @@ def _publish(name: str, spec: StageSpec, out_dir: Path, result: StageResult,
 
 
 @contextmanager
-def _merge_lock(work_dir: Path) -> Iterator[Callable[[str, str], bool]]:
+def _merge_lock(work_dir: Path) -> Iterator[None]:
     """One merge at a time per work directory (workers on one machine or a shared filesystem finishing
-    together), and a check whether another worker merged meanwhile. Pods each have their own work
-    directory: two of them may both merge, publishing the same artifact twice, which is harmless."""
+    together). Pods each have their own work directory: two of them may both merge, publishing the same
+    artifact twice, which is harmless."""
     import fcntl
 
     with open(work_dir / ".merge.lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield lambda output, digest: (read_manifest(output) or {}).get("inputsDigest") == digest
+            yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)

@@ -15,7 +15,7 @@ from .artifacts import (
     write_json,
 )
 from .fs import StoreURIError, check_uri, filesystem, join, local_path
-from .jsonl import Shard, checkpointed, chunk_count, parse_jsonl, read_jsonl, write_jsonl
+from .jsonl import Shard, checkpointed, parse_jsonl, read_jsonl, write_jsonl
 from .layout import artifact_uri, resource_root, status_uri
 from .paths import UnsafePathError, safe_relpath
 from .worksync import WorkSync
@@ -29,7 +29,6 @@ __all__ = [
     "artifact_uri",
     "check_uri",
     "checkpointed",
-    "chunk_count",
     "commit_artifact",
     "download_artifact",
     "file_digest",

@@ -53,10 +53,6 @@ class Shard:
         return f"{self.index}/{self.count}"
 
 
-def chunk_count(items: int, size: int) -> int:
-    return -(-items // size)
-
-
 def checkpointed(items: Sequence[T], size: int, directory: Path, name: str,
                  compute: Callable[[list[T], int], list[Row]],
                  skipped: Callable[[list[T]], None] = lambda chunk: None,
