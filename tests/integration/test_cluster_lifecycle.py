@@ -221,8 +221,8 @@ def test_node_of_a_killed_session_is_removed_by_the_next_start(short_tmp):
         session.kill()
         session.wait()
     deadline = time.monotonic() + 30
-    while any(cp.proc_alive(r) for r in cluster.procs):  # SIGTERM from the kernel: their parent died
-        assert time.monotonic() < deadline, "components outlived their session"
+    while survivors := [r["name"] for r in cluster.procs if cp.proc_alive(r)]:  # the kernel kills them
+        assert time.monotonic() < deadline, f"components outlived their session: {survivors}"
         time.sleep(0.2)
     assert node_mod.leftovers(net, root), "nothing was left to clean up: the test shows nothing"
 
