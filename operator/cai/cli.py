@@ -122,10 +122,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _engines_arg(value: str) -> str:
+    if value != "auto" and not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected auto or a number of engines, not {value!r}")
+    return value
+
+
 def cmd_stage(args: argparse.Namespace) -> int:
     from .stages.runtime import run_stage
 
-    return run_stage(args.name, args.spec, force=args.force, workers=args.workers, worker=args.worker)
+    return run_stage(args.name, args.spec, force=args.force, workers=args.workers, worker=args.worker,
+                     engines=None if args.engines == "auto" else int(args.engines))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -279,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "merges and publishes")
     s.add_argument("--worker", type=int, metavar="K",
                    help="this worker's index, 0..N-1 (default: $JOB_COMPLETION_INDEX of an Indexed Job)")
+    s.add_argument("--engines", default="auto", type=_engines_arg, metavar="auto|G",
+                   help="engine processes this worker runs, one per GPU (data-parallel stages): auto runs "
+                   "one per GPU of the pod when the model fits one GPU, else one engine over all of them")
     s.set_defaults(func=cmd_stage)
 
     s = sub.add_parser(

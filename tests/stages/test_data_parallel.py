@@ -152,3 +152,36 @@ def test_worker_arguments_are_checked_before_any_work(tmp_path, monkeypatch):
         monkeypatch.setenv("JOB_COMPLETION_INDEX", index)
         assert run_stage("generate-revisions", str(spec), workers=2) == 0
     assert json.loads((out / "manifest.json").read_text())["metrics"]["workers"] == 2
+
+
+def test_a_worker_runs_its_engines_as_sub_worker_processes_that_publish_what_one_worker_publishes(
+        tmp_path, monkeypatch):
+    """`--engines G` (a pod with G GPUs and a model that fits one): worker K of N runs sub-workers
+    K·G..K·G+G-1 of N·G as processes; together they publish what one worker publishes."""
+    monkeypatch.setattr(label_preferences, "CHUNK", 32)  # what the sub-worker processes use
+    monkeypatch.setenv("CAI_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    pairs = artifact(tmp_path / "pairs", {"pairs.jsonl": jsonl(
+        [{"id": f"p{i}", "promptId": f"p{i}", "prompt": f"How do I do thing {i}?",
+          "responseA": f"Here is how to do thing {i}.", "responseB": "I can't help with that."}
+         for i in range(40)])})  # 80 comparisons: 3 chunks of 32
+    kind, spec, models, _, files = STAGES["label-preferences"]
+    one_spec, one_out = _spec_file(tmp_path, "one", "label-preferences", kind, spec, models, {"pairs": pairs})
+    two_spec, two_out = _spec_file(tmp_path, "two", "label-preferences", kind, spec, models, {"pairs": pairs})
+    assert run_stage("label-preferences", str(one_spec)) == 0
+    assert run_stage("label-preferences", str(two_spec), workers=2, worker=1, engines=2) == 0
+    assert read_manifest(two_out.as_uri()) is None, "sub-workers 2 and 3 of 4 must not merge alone"
+    assert run_stage("label-preferences", str(two_spec), workers=2, worker=0, engines=2) == 0
+    published = read_manifest(two_out.as_uri())
+    assert published is not None and published["metrics"]["workers"] == 4
+    for name in files:
+        assert (two_out / name).read_bytes() == (one_out / name).read_bytes(), name
+
+    # An engine that fails fails the worker (the pod is retried), and says which.
+    broken, _ = _spec_file(tmp_path, "broken", "label-preferences", kind, spec,
+                           {"feedback": str(tmp_path / "no-such-model")}, {"pairs": pairs})
+    assert run_stage("label-preferences", str(broken), engines=2) == 1
+    message = (tmp_path / "termination-log").read_text()
+    assert "engine 1 of 2 (worker 0/2) exited with 1" in message and "engine 2 of 2" in message, message
+    train_spec, _ = _spec_file(tmp_path, "train", "finetune", "CritiqueRun", SL_SPEC, {"policy": TINY})
+    assert run_stage("finetune", str(train_spec), engines=2) == 1
+    assert "does not run as data-parallel workers" in (tmp_path / "termination-log").read_text()

@@ -34,10 +34,12 @@ from typing import Any, Generic, TypeVar
 from .. import __version__
 from ..api.base import ApiModel
 from ..api.kinds import STAGES, ConstitutionSpec
-from ..models.cache import cache_dir
+from ..models.backends.parallelism import EnginePlan
+from ..models.cache import ModelResolveError, cache_dir
 from ..pipeline.stagespec import StageSpec
 from ..progress import ProgressReporter
 from ..store import Shard, WorkSync, commit_artifact, download_artifact, manifest_digest, read_manifest
+from .engines import plan_pod, run_engines
 
 TERMINATION_LOG = Path(os.environ.get("CAI_TERMINATION_LOG", "/dev/termination-log"))
 
@@ -221,8 +223,22 @@ def _shard(name: str, workers: int, worker: int | None) -> Shard | None:
     return Shard(worker, workers)
 
 
+def _engines(name: str, spec: StageSpec, engines: int | None) -> EnginePlan:
+    """How many engines (sub-workers, `cai.stages.engines`) this process runs: `engines`, or with None
+    (auto) as many as the pod's GPUs serve best. ValueError says why a request cannot be met."""
+    if engines is None:
+        return plan_pod(spec) if STAGES[name][1].shards else EnginePlan(1, 1, "")
+    if engines < 1:
+        raise ValueError(f"--engines must be at least 1, not {engines}")
+    if engines > 1 and not STAGES[name][1].shards:
+        raise ValueError(f"stage {name} does not run as data-parallel workers, so not as --engines {engines}")
+    return EnginePlan(engines, 1, f"{engines} engines (--engines {engines})")
+
+
 def run_stage(name: str, spec_path: str, force: bool = False, workers: int = 1,
-              worker: int | None = None) -> int:
+              worker: int | None = None, engines: int | None = 1) -> int:
+    """Run stage `name` (or this process's worker of it) from the stage spec at `spec_path`; the exit
+    status. `engines` None: as many engine processes as the pod's GPUs serve best (the pods' default)."""
     # The name first: a typo is a wrong name, whatever the spec file holds.
     if name not in STAGES:
         return _fail(f"unknown stage {name!r} (expected one of: {', '.join(STAGES)})")
@@ -240,6 +256,16 @@ def run_stage(name: str, spec_path: str, force: bool = False, workers: int = 1,
         return _fail(f"{spec_path} is a spec for stage {spec.stage!r}, not {name!r}")
     if STAGES[name][0].kind != spec.kind:
         return _fail(f"{spec_path}: stage {name} belongs to kind {STAGES[name][0].kind}, not {spec.kind}")
+    try:
+        plan = _engines(name, spec, engines)
+    except (ValueError, ModelResolveError) as e:
+        return _fail(str(e))
+    if plan.engines > 1:
+        print(f"[{name}] {plan.reason}", file=sys.stderr, flush=True)
+        failed = run_engines(name, spec_path, force, shard or Shard(0, 1), plan.engines,
+                             lambda line: print(f"[{name}] {line}", file=sys.stderr, flush=True))
+        return _fail("; ".join(failed) + " (the log above says why; finished chunks are kept)") if failed \
+            else 0
     try:
         return _run(name, spec, force, shard)
     except StageError as e:  # the store could not be read or written

@@ -15,6 +15,7 @@ rank's pod restores the union.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -125,7 +126,7 @@ class WorkSync:
             if target.exists():
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".part")
+            tmp = target.with_name(f"{target.name}.part-{os.getpid()}")  # engines of one pod restore at once
             fs.get_file(f"{root}/{rel}", str(tmp))
             tmp.replace(target)
             if label not in restored:
