@@ -39,8 +39,8 @@ def plan_pod(spec: StageSpec) -> EnginePlan:
     if gpus < 2:
         return EnginePlan(1, 1, "one GPU" if gpus else "no GPU")
     backend, role = ENGINE_OF[spec.stage](spec.typed_spec())
-    if backend == "openai":
-        return EnginePlan(1, 1, "an external server generates")
+    if backend == "openai" or not spec.models.get(role):  # the stage itself reports a missing model
+        return EnginePlan(1, 1, "an external server generates" if backend == "openai" else "no model")
     from ..models.resolve import resolve_model
 
     path = resolve_model(spec.models[role])
