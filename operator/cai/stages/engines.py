@@ -63,9 +63,9 @@ def run_engines(name: str, spec_path: str, force: bool, pod: Shard, engines: int
 
     gpus = torch.cuda.is_available() and torch.cuda.device_count() >= engines
     count = pod.count * engines
+    indices = [pod.index * engines + j for j in range(engines)]  # this pod's sub-workers of `count`
     children: list[subprocess.Popen[bytes]] = []
-    for j in range(engines):
-        index = pod.index * engines + j
+    for j, index in enumerate(indices):
         argv = [sys.executable, "-m", "cai", "stage", name, "--spec", spec_path, "--workers", str(count),
                 "--worker", str(index), "--engines", "1", *(["--force"] if force else [])]
         env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": _visible_gpu(j)} if gpus else {})}
@@ -84,5 +84,5 @@ def run_engines(name: str, spec_path: str, force: bool, pod: Shard, engines: int
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    return [f"engine {j + 1} of {engines} (worker {pod.index * engines + j}/{count}) exited with {rc}"
-            for j, rc in enumerate(codes) if rc]
+    return [f"engine {j + 1} of {engines} (worker {index}/{count}) exited with {rc}"
+            for j, (index, rc) in enumerate(zip(indices, codes, strict=True)) if rc]
